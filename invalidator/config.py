@@ -1,0 +1,360 @@
+"""Configuration: the YAML file of SPEC plus ``INVALIDATOR_*`` environment overrides.
+
+Models are immutable and reject unknown fields. ``load_config`` turns every problem into
+one ``ConfigError`` whose lines each name the file, the rule (index and table) and the
+field at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+from .templates import TemplateSyntaxError, compile_template
+
+DEFAULT_CONFIG_PATH = "/etc/invalidator/config.yaml"
+ChangeOp = Literal["insert", "update", "delete", "truncate"]
+Action = Literal["delete", "refresh", "bump"]
+Hashing = Literal["rendezvous", "ketama", "modula", "broadcast"]
+SUPPORTED_HASHING = ("rendezvous", "broadcast")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``10``, ``"10s"``, ``"250ms"``, ``"2m"`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10s or 250ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 10s or 250ms, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("duration must not be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_template(source: str) -> str:
+    try:
+        compile_template(source)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"{exc} in {source!r}") from None
+    return source
+
+
+KeyTemplate = Annotated[str, AfterValidator(_check_template)]
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``host`` → (host, port), as pymemcache reads them."""
+    server = server.strip()
+    if not server:
+        raise ValueError("empty server")
+    if server.startswith(("unix:", "/")):
+        raise ValueError("unix sockets are not supported")
+    if ":" not in server or server.endswith("]"):
+        host, port_text = server, "11211"
+    else:
+        host, port_text = server.rsplit(":", 1)
+    host = host.strip("[]") if host.startswith("[") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad port in {server!r}") from None
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad server {server!r} (expected host:port)")
+    return host, port
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SourceConfig(_Model):
+    kind: Literal["wal2json", "notify"] = "wal2json"
+    dsn: SecretStr | None = None
+    slot: str = "cache_invalidator"
+    create_slot: bool = True
+
+    @field_validator("slot")
+    @classmethod
+    def _slot_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError("slot names are 1-63 characters of a-z, 0-9 and _")
+        return value
+
+
+class DiscoverConfig(_Model):
+    srv: str
+    every: Duration = 10.0
+
+
+class PoolConfig(_Model):
+    servers: tuple[str, ...] = ()
+    discover: DiscoverConfig | None = None
+    hashing: Hashing = "rendezvous"
+    fallback_depth: int = Field(0, ge=0, le=8)
+    redelete_after: Duration | None = None
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for server in value:
+            parse_server(server)
+        if len(set(value)) != len(value):
+            raise ValueError("a server is listed twice")
+        return value
+
+    @field_validator("hashing")
+    @classmethod
+    def _hashing(cls, value: str) -> str:
+        if value not in SUPPORTED_HASHING:
+            raise ValueError(f"{value!r} is not supported yet (supported: rendezvous, broadcast)")
+        return value
+
+    @model_validator(mode="after")
+    def _has_servers(self) -> PoolConfig:
+        if not self.servers and self.discover is None:
+            raise ValueError("a pool needs 'servers' or 'discover'")
+        return self
+
+
+class ValueConfig(_Model):
+    json_columns: tuple[str, ...] | None = Field(None, alias="json")
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ValueConfig:
+        if (self.json_columns is None) == (self.query is None):
+            raise ValueError("give exactly one of 'json' or 'query'")
+        if self.json_columns is not None and not self.json_columns:
+            raise ValueError("'json' needs at least one column")
+        return self
+
+
+class RuleConfig(_Model):
+    table: str = Field(min_length=1)
+    schema_name: str = Field("public", alias="schema", min_length=1)
+    on: tuple[ChangeOp, ...] = ("insert", "update", "delete")
+    keys: tuple[KeyTemplate, ...] = Field(min_length=1)
+    action: Action = "delete"
+    when_changed: tuple[str, ...] | None = None
+    value: ValueConfig | None = None
+    ttl: int | None = Field(None, ge=0)
+    pool: str = "default"
+    redelete_after: Duration | None = None
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("'on' needs at least one of insert, update, delete, truncate")
+        return value
+
+    @model_validator(mode="after")
+    def _action_fields(self) -> RuleConfig:
+        if self.action == "refresh" and self.value is None:
+            raise ValueError("action 'refresh' needs 'value'")
+        if self.action != "refresh" and self.value is not None:
+            raise ValueError(f"'value' only applies to action 'refresh', not {self.action!r}")
+        if self.when_changed is not None and "update" not in self.on:
+            raise ValueError("'when_changed' applies to updates but 'on' has no 'update'")
+        return self
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema_name}.{self.table}"
+
+
+class HttpConfig(_Model):
+    listen: str = "0.0.0.0:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_server(value)
+        return value
+
+
+class LogConfig(_Model):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Config(_Model):
+    source: SourceConfig = SourceConfig()
+    pools: Mapping[str, PoolConfig]
+    rules: tuple[RuleConfig, ...] = Field(min_length=1)
+    http: HttpConfig = HttpConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _pools_exist(self) -> Config:
+        for i, rule in enumerate(self.rules):
+            if rule.pool not in self.pools:
+                known = ", ".join(sorted(self.pools)) or "none"
+                raise ValueError(
+                    f"rules[{i}] (table {rule.qualified_table}): pool: "
+                    f"unknown pool {rule.pool!r} (pools: {known})"
+                )
+        return self
+
+
+class EnvOverrides(BaseSettings):
+    """The ``INVALIDATOR_*`` variables of SPEC."""
+
+    model_config = SettingsConfigDict(env_prefix="INVALIDATOR_", extra="ignore")
+
+    config: str | None = None
+    dsn: SecretStr | None = None
+    memcached_servers: str | None = None
+    slot: str | None = None
+    http_listen: str | None = None
+    log_format: str | None = None
+    log_level: str | None = None
+
+
+def _apply_env(data: dict[str, Any], env: EnvOverrides) -> dict[str, Any]:
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        if not isinstance(value, dict):
+            value = {} if value is None else value
+            data[name] = value
+        return value
+
+    if env.dsn is not None:
+        section("source")["dsn"] = env.dsn.get_secret_value()
+    if env.slot is not None:
+        section("source")["slot"] = env.slot
+    if env.memcached_servers is not None:
+        pools = section("pools")
+        default = pools.get("default") if isinstance(pools, dict) else None
+        default = dict(default) if isinstance(default, dict) else {}
+        default["servers"] = [s.strip() for s in env.memcached_servers.split(",") if s.strip()]
+        default.pop("discover", None)
+        pools["default"] = default
+    if env.http_listen is not None:
+        section("http")["listen"] = env.http_listen
+    if env.log_format is not None:
+        section("log")["format"] = env.log_format
+    if env.log_level is not None:
+        section("log")["level"] = env.log_level
+    return data
+
+
+def _where(loc: Sequence[int | str], data: Any) -> str:
+    """Render a pydantic location, naming rules by index and table."""
+    parts: list[str] = []
+    node = data
+    i = 0
+    while i < len(loc):
+        item = loc[i]
+        nxt = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(item, str) and isinstance(nxt, int):
+            label = f"{item}[{nxt}]"
+            container = node.get(item) if isinstance(node, dict) else None
+            element = (
+                container[nxt]
+                if isinstance(container, list) and 0 <= nxt < len(container)
+                else None
+            )
+            if item == "rules" and isinstance(element, dict):
+                table = element.get("table", "?")
+                schema = element.get("schema", "public")
+                label += f" (table {schema}.{table})"
+            parts.append(label)
+            node = element
+            i += 2
+            continue
+        if isinstance(item, str) and item.startswith(("function-", "tagged-union")):
+            i += 1
+            continue
+        parts.append(f"[{item}]" if isinstance(item, int) else str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+        i += 1
+    text = ".".join(parts).replace(".[", "[")
+    # A rule's label ends with ')'; what follows is the field inside the rule.
+    return text.replace(").", "): ")
+
+
+def config_path(explicit: str | None, env: EnvOverrides | None = None) -> str:
+    """``--config`` wins, then ``INVALIDATOR_CONFIG``, then the default path."""
+    env = env or EnvOverrides()
+    return explicit or env.config or DEFAULT_CONFIG_PATH
+
+
+def parse_config(data: Any, source: str, env: EnvOverrides | None = None) -> Config:
+    """Validate already-loaded YAML data (after environment overrides)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    data = _apply_env(data, env if env is not None else EnvOverrides())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        errors = exc.errors(include_url=False)
+        deeper = {tuple(e["loc"][:-1]) for e in errors if e["loc"]}
+        for err in errors:
+            if err["type"] == "too_short" and tuple(err["loc"]) in deeper:
+                continue  # the item's own error says more than "too short after validation"
+            where = _where(err["loc"], data)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            lines.append(f"{source}: {where}: {msg}" if where else f"{source}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read, override from the environment and validate the configuration file."""
+    env = EnvOverrides()
+    source = config_path(str(path) if path is not None else None, env)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file (give --config or INVALIDATOR_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None:
+            raise ConfigError(
+                f"{source}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
+            ) from None
+        raise ConfigError(f"{source}: invalid YAML: {problem}") from None
+    return parse_config(data, source, env)

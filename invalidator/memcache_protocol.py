@@ -1,0 +1,97 @@
+"""memcached text protocol as pure functions: requests to bytes, reply bytes to outcomes.
+
+Every request we send has a one-line reply, so a pipelined batch is N requests written at
+once and N ``\\r\\n``-terminated lines read back, in order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from .operations import Operation
+
+# memcached reads an exptime above 30 days as an absolute Unix time.
+_RELATIVE_TTL_LIMIT = 60 * 60 * 24 * 30
+
+Outcome = Literal["ok", "not_found", "not_stored", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One reply line, classified."""
+
+    outcome: Outcome
+    line: bytes
+
+
+def exptime(ttl: int | None, now: float | None = None) -> int:
+    """The protocol's exptime for a TTL in seconds (0 = never expires)."""
+    if not ttl:
+        return 0
+    if ttl > _RELATIVE_TTL_LIMIT:
+        return int((time.time() if now is None else now) + ttl)
+    return ttl
+
+
+def delete_request(key: bytes) -> bytes:
+    return b"delete " + key + b"\r\n"
+
+
+def set_request(key: bytes, value: bytes, ttl: int | None, flags: int = 0) -> bytes:
+    return b"set %s %d %d %d\r\n%s\r\n" % (key, flags, exptime(ttl), len(value), value)
+
+
+def incr_request(key: bytes) -> bytes:
+    return b"incr " + key + b" 1\r\n"
+
+
+def add_request(key: bytes, value: bytes) -> bytes:
+    return b"add %s 0 0 %d\r\n%s\r\n" % (key, len(value), value)
+
+
+def request_for(operation: Operation) -> bytes:
+    """The first request of ``operation`` (``bump`` may need a follow-up ``add``)."""
+    key = operation.key.encode("utf-8")
+    if operation.op == "delete":
+        return delete_request(key)
+    if operation.op == "refresh":
+        return set_request(key, operation.value or b"", operation.ttl)
+    return incr_request(key)
+
+
+_OUTCOMES: dict[bytes, Outcome] = {
+    b"DELETED": "ok",
+    b"STORED": "ok",
+    b"NOT_FOUND": "not_found",
+    b"NOT_STORED": "not_stored",
+    b"EXISTS": "not_stored",
+}
+
+
+def classify(line: bytes) -> Reply:
+    """Classify one reply line (without ``\\r\\n``)."""
+    outcome = _OUTCOMES.get(line)
+    if outcome is not None:
+        return Reply(outcome, line)
+    if line.isdigit():
+        return Reply("ok", line)  # incr's new value
+    return Reply("error", line)  # ERROR, CLIENT_ERROR ..., SERVER_ERROR ...
+
+
+class ReplyReader:
+    """Accumulates received bytes and yields complete reply lines."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        if b"\n" not in data:
+            return []  # no line can have completed
+        *lines, rest = bytes(self._buffer).split(b"\r\n")
+        self._buffer = bytearray(rest)
+        return lines

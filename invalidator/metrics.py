@@ -1,0 +1,66 @@
+"""The Prometheus metrics of SPEC (prefix ``invalidator_``), in a registry of their own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """All metrics of one process; tests make their own instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        p = "invalidator_"
+        self.changes = Counter(
+            p + "changes", "Row changes seen, by table and operation", ["table", "op"], registry=r
+        )
+        self.operations = Counter(
+            p + "operations",
+            "Cache operations applied, by result",
+            ["pool", "op", "result"],
+            registry=r,
+        )
+        self.commit_to_ack = Histogram(
+            p + "commit_to_ack_seconds",
+            "Commit timestamp to memcached acknowledgement",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replication_lag = Gauge(
+            p + "replication_lag_bytes", "Server WAL end minus confirmed position", registry=r
+        )
+        self.confirmed_lsn = Gauge(
+            p + "confirmed_lsn", "Last position confirmed to PostgreSQL (as a number)", registry=r
+        )
+        self.pending = Gauge(
+            p + "pending_operations", "Operations sent but not acknowledged", ["node"], registry=r
+        )
+        self.memcached_errors = Counter(
+            p + "memcached_errors", "memcached failures by node", ["node"], registry=r
+        )
+        self.unbuildable = Counter(
+            p + "unbuildable_keys",
+            "Keys a rule could not build or send, by table and rule",
+            ["table", "rule"],
+            registry=r,
+        )
+        self.up = Gauge(p + "up", "1 while the daemon is streaming", registry=r)

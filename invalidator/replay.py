@@ -1,0 +1,141 @@
+"""``invalidator replay``: wal2json output in, planned (or applied) cache operations out.
+
+Never touches PostgreSQL: a rules file and a capture are all it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from .changes import Change
+from .config import Config
+from .errors import ConfigError
+from .metrics import Metrics
+from .operations import Operation, SkippedKey
+from .rules import RuleSet, plan
+from .sink import MemcachedSink, Router
+from .wal2json import read_stream
+
+APPLY_BATCH = 10_000
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    changes: int = 0
+    operations: int = 0
+    skipped: int = 0
+    applied: dict[str, int] = field(default_factory=dict)
+    node_errors: list[str] = field(default_factory=list)
+
+
+def operation_record(op: Operation, node: str | None) -> dict[str, Any]:
+    """The JSON object SPEC prints for one planned operation."""
+    record: dict[str, Any] = {
+        "op": op.op,
+        "key": op.key,
+        "pool": op.pool,
+        "node": node,
+        "table": op.table,
+        "lsn": op.lsn,
+    }
+    if op.op == "refresh":
+        record["value"] = (op.value or b"").decode("utf-8", "replace")
+        record["ttl"] = op.ttl
+    return record
+
+
+@contextmanager
+def _open(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdin
+        return
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def _log_skipped(log: Any, skipped: SkippedKey, metrics: Metrics) -> None:
+    metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()
+    log.warning(
+        "key not built",
+        rule=skipped.rule,
+        table=skipped.table,
+        template=skipped.template,
+        reason=skipped.reason,
+        lsn=skipped.lsn,
+    )
+
+
+def replay(
+    config: Config,
+    paths: Sequence[str],
+    *,
+    apply: bool,
+    out: IO[str],
+    log: Any,
+    metrics: Metrics | None = None,
+) -> ReplaySummary:
+    """Decode ``paths`` in order, print each planned operation, optionally apply them."""
+    metrics = metrics or Metrics()
+    rules = RuleSet.from_config(config)
+    router = Router(config.pools)
+    for rule in rules.rules:
+        if rule.pool not in router.placements:
+            raise ConfigError(
+                f"pool {rule.pool!r} uses 'discover': replay needs 'servers' "
+                "(or INVALIDATOR_MEMCACHED_SERVERS)"
+            )
+    sink = MemcachedSink(router) if apply else None
+    summary = ReplaySummary()
+    pending: list[Operation] = []
+
+    def flush() -> None:
+        if sink is None or not pending:
+            return
+        applied, failures = sink.apply(pending)
+        pending.clear()
+        for item in applied:
+            summary.applied[item.outcome] = summary.applied.get(item.outcome, 0) + 1
+            metrics.operations.labels(item.operation.pool, item.operation.op, item.outcome).inc()
+        for failure in failures:
+            metrics.memcached_errors.labels(failure.node).inc()
+            summary.node_errors.append(str(failure))
+            log.error("memcached node failed", node=failure.node, reason=failure.reason)
+
+    write = out.write
+    try:
+        for path in paths:
+            with _open(path) as handle:
+                for event in read_stream(handle, "<stdin>" if path == "-" else path):
+                    if not isinstance(event, Change):
+                        continue
+                    summary.changes += 1
+                    metrics.changes.labels(event.qualified_table, event.kind).inc()
+                    result = plan(event, rules)
+                    for skipped in result.skipped:
+                        summary.skipped += 1
+                        _log_skipped(log, skipped, metrics)
+                    for routed in router.route(result.operations):
+                        summary.operations += 1
+                        write(
+                            orjson.dumps(operation_record(routed.operation, routed.node)).decode()
+                            + "\n"
+                        )
+                    if sink is not None:
+                        pending.extend(result.operations)
+                        if len(pending) >= APPLY_BATCH:
+                            flush()
+        flush()
+    finally:
+        if sink is not None:
+            sink.close()
+    return summary

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite and the demo need, only when missing.
+# PostgreSQL 15 with wal2json, memcached, and runuser (util-linux) to run PostgreSQL
+# unprivileged when we are root.
+set -euo pipefail
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux; do
+    have_pkg "$pkg" || need+=("$pkg")
+done
+if ((${#need[@]} == 0)); then
+    exit 0
+fi
+echo "installing Debian packages: ${need[*]}" >&2
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "error: need root or sudo to install ${need[*]}" >&2; exit 1; }
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# policy-rc.d on CI images refuses service starts; we never want the system services anyway.
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
