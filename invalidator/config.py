@@ -244,6 +244,27 @@ class EnvOverrides(BaseSettings):
     log_level: str | None = None
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. Under YAML 1.1 rules ``on:`` (a rule field)
+    would be read as the boolean True, and ``no``/``off`` values as False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with 1.2 booleans (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _apply_env(data: dict[str, Any], env: EnvOverrides) -> dict[str, Any]:
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)
@@ -348,7 +369,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

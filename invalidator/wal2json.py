@@ -29,25 +29,30 @@ def _exact_loads(data: bytes | str) -> Any:
     return json.loads(data, parse_float=Decimal)
 
 
+class _Inexact(Exception):
+    """orjson gave a float where the column's type needs an exact number."""
+
+
+def _is_float_type(type_name: str | None) -> bool:
+    return type_name is not None and (
+        type_name in _FLOAT_TYPES or type_name.startswith(("double", "real", "float"))
+    )
+
+
 def parse_json(data: bytes | str) -> Any:
-    """Parse one JSON text, exactly when it holds numerics or out-of-range integers."""
+    """Parse one JSON text: fast (orjson) unless it names numeric columns or lacks types."""
     if isinstance(data, str):
         data = data.encode()
     if any(marker in data for marker in _EXACT_TYPES) or b'"type"' not in data:
         return _exact_loads(data)
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits; the stdlib keeps them exact.
-        return _exact_loads(data)
+    return orjson.loads(data)
 
 
 def _typed(value: Any, type_name: str | None) -> Any:
-    if (
-        isinstance(value, Decimal)
-        and type_name is not None
-        and (type_name in _FLOAT_TYPES or type_name.startswith(("double", "real", "float")))
-    ):
+    if type(value) is float and not _is_float_type(type_name):
+        # orjson turns integers beyond 64 bits into floats: parse this record exactly.
+        raise _Inexact
+    if isinstance(value, Decimal) and _is_float_type(type_name):
         return float(value)
     return value
 
@@ -147,9 +152,12 @@ def decode_v2(line: bytes | str) -> Event:
     """One format-version 2 line → one event."""
     try:
         record = parse_json(line)
+        try:
+            return decode_v2_record(record)
+        except _Inexact:
+            return decode_v2_record(_exact_loads(line))
     except ValueError as exc:
         raise DecodeError(f"invalid JSON: {exc}") from None
-    return decode_v2_record(record)
 
 
 def _v1_row(names: Any, values: Any, types: Any, what: str) -> dict[str, Any]:
@@ -203,6 +211,12 @@ def decode_v1_document(doc: Any) -> list[Event]:
     return events
 
 
+def _decode_document(doc: Any) -> list[Event]:
+    if isinstance(doc, dict) and "action" in doc:
+        return [decode_v2_record(doc)]
+    return decode_v1_document(doc)
+
+
 def read_stream(lines: Iterable[str], source: str) -> Iterator[Event]:
     """Decode a file of wal2json output: v2 lines, or v1 documents (possibly multi-line).
 
@@ -232,11 +246,12 @@ def read_stream(lines: Iterable[str], source: str) -> Iterator[Event]:
             raise DecodeError(f"invalid JSON: {exc}").at(source, start) from None
         pending.clear()
         try:
-            if isinstance(doc, dict) and "action" in doc:
-                yield decode_v2_record(doc)
-            else:
-                yield from decode_v1_document(doc)
+            try:
+                decoded = _decode_document(doc)
+            except _Inexact:
+                decoded = _decode_document(_exact_loads(text))
         except DecodeError as exc:
             raise exc.at(source, start) from None
+        yield from decoded
     if pending:
         raise DecodeError("truncated JSON document at end of input").at(source, start)
