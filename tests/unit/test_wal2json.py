@@ -63,11 +63,10 @@ def test_truncate_names_each_table() -> None:
 def test_messages_decode_with_prefix_and_content() -> None:
     """M records become Message events (transactional flag kept)."""
     messages = [e for e in events("messages.jsonl") if isinstance(e, Message)]
-    assert [(m.transactional, m.prefix, m.content) for m in messages][0] == (
-        True,
-        "inval",
-        "payload-tx",
-    )
+    assert [(m.transactional, m.prefix, m.content) for m in messages] == [
+        (True, "inval", "payload-tx"),
+        (False, "inval", "payload-nontx"),
+    ]
 
 
 def test_numeric_values_stay_exact() -> None:

@@ -1,0 +1,86 @@
+"""Shared fixtures: real PostgreSQL (wal2json) and memcached processes, started lazily.
+
+Nothing starts unless a test asks for a fixture below, so ``pytest tests/unit`` never
+launches a server. A service that cannot start fails the test (never skips it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import (
+    MemcachedPool,
+    PgDatabase,
+    PostgresCluster,
+    ServiceError,
+    exit_on_sigterm,
+)
+
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (CI cancel, timeout wrapper) then unwinds like Ctrl-C: fixtures stop servers.
+    exit_on_sigterm()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A running PostgreSQL cluster (wal_level=logical, wal2json checked) for the session."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+    except ServiceError as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_db(pg_cluster: PostgresCluster) -> Iterator[PgDatabase]:
+    """A fresh, empty database (``.name``, ``.dsn``, ``.execute()``), dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        db = pg_cluster.create_database(name)
+    except Exception as err:
+        pytest.fail(f"could not create database {name}: {err}", pytrace=False)
+    try:
+        yield db
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def memcached_pool() -> Iterator[MemcachedPool]:
+    """Three memcached nodes for the session (use the ``memcached`` fixture in tests)."""
+    pool = MemcachedPool(3)
+    try:
+        pool.start()
+    except ServiceError as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+@pytest.fixture
+def memcached(memcached_pool: MemcachedPool) -> MemcachedPool:
+    """The session's memcached pool, every node running, resumed and flushed."""
+    try:
+        memcached_pool.reset()
+    except ServiceError as err:
+        pytest.fail(str(err), pytrace=False)
+    return memcached_pool
