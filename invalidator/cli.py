@@ -40,6 +40,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         applied=summary.applied or None,
         node_errors=len(summary.node_errors) or None,
     )
+    for failure in summary.node_errors:
+        print(f"replay: {failure}", file=sys.stderr)
     return 1 if summary.node_errors else 0
 
 

@@ -346,9 +346,12 @@ def parse_config(data: Any, source: str, env: EnvOverrides | None = None) -> Con
     except ValidationError as exc:
         lines = []
         errors = exc.errors(include_url=False)
-        deeper = {tuple(e["loc"][:-1]) for e in errors if e["loc"]}
+        locs = [tuple(e["loc"]) for e in errors]
         for err in errors:
-            if err["type"] == "too_short" and tuple(err["loc"]) in deeper:
+            loc = tuple(err["loc"])
+            if err["type"] == "too_short" and any(
+                len(other) > len(loc) and other[: len(loc)] == loc for other in locs
+            ):
                 continue  # the item's own error says more than "too short after validation"
             where = _where(err["loc"], data)
             msg = err["msg"].removeprefix("Value error, ")
