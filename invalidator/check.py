@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
-from .rules import RuleSet
+from .errors import InvalidatorError
+from .pgsource import PLUGIN, Admin
+from .rules import CompiledRule, RuleSet
+from .sink import NodeConnection, Router
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,4 +67,107 @@ def offline_findings(config: Config, source: str) -> list[Finding]:
                     "a single server has no fallback choices",
                 )
             )
+    return findings
+
+
+_IDENTITY = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
+
+
+def _old_row_findings(
+    rule: CompiledRule, where: str, identity: str, identity_columns: frozenset[str]
+) -> list[Finding]:
+    findings: list[Finding] = []
+    old_kinds = [k for k in ("update", "delete") if k in rule.on]
+    if not old_kinds:
+        return findings
+    if identity == "n" or not identity_columns:
+        return [
+            Finding(
+                "error",
+                f"{where}: on",
+                f"table has REPLICA IDENTITY {_IDENTITY.get(identity, identity)}"
+                f"{' and no primary key' if identity == 'd' else ''}: wal2json "
+                f"drops its {' and '.join(k.upper() for k in old_kinds)} "
+                "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+            )
+        ]
+    for i, template in enumerate(rule.templates):
+        missing = sorted(set(template.columns) - identity_columns)
+        if missing:
+            level = "error" if "delete" in rule.on else "warning"
+            findings.append(
+                Finding(
+                    level,
+                    f"{where}: keys[{i}]",
+                    f"{template.source!r} needs old {', '.join(missing)} on "
+                    f"{' and '.join(k.upper() for k in old_kinds)} but REPLICA IDENTITY "
+                    f"{_IDENTITY.get(identity, identity)} carries only "
+                    f"{', '.join(sorted(identity_columns))}: the old key cannot be built "
+                    "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+                )
+            )
+    return findings
+
+
+def online_findings(config: Config, source: str) -> list[Finding]:
+    """Checks against the database (wal_level, plugin, tables, columns, replica identity)
+    and memcached (every node answers)."""
+    findings: list[Finding] = []
+    if config.source.dsn is None:
+        return [Finding("error", f"{source}: source.dsn", "no DSN (or INVALIDATOR_DSN)")]
+    admin = Admin(config.source.dsn.get_secret_value())
+    try:
+        level = admin.wal_level()
+        if level != "logical":
+            findings.append(Finding("error", "database", f"wal_level is {level}, needs logical"))
+        # wal2json is an output plugin, not an extension: probe it with a temporary slot.
+        probe = admin.query(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (config.source.slot,)
+        )
+        if not probe[0][0]:
+            try:
+                admin.query(
+                    "SELECT pg_create_logical_replication_slot('invalidator_check_probe',"
+                    " %s, true)",
+                    (PLUGIN,),
+                )
+                admin.query("SELECT pg_drop_replication_slot('invalidator_check_probe')")
+            except InvalidatorError as exc:
+                findings.append(
+                    Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")
+                )
+        rules = RuleSet.from_config(config)
+        for rule in rules.rules:
+            where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
+            facts = admin.table_facts(rule.schema, rule.table)
+            if not facts.exists:
+                findings.append(Finding("error", f"{where}: table", "no such table"))
+                continue
+            for i, template in enumerate(rule.templates):
+                unknown = sorted(set(template.columns) - facts.columns)
+                if unknown:
+                    findings.append(
+                        Finding(
+                            "error",
+                            f"{where}: keys[{i}]",
+                            f"unknown column {', '.join(unknown)} in {template.source!r}",
+                        )
+                    )
+            for name in (rule.when_changed or ()) + (rule.json_columns or ()):
+                if name not in facts.columns:
+                    findings.append(Finding("error", f"{where}", f"unknown column {name}"))
+            findings.extend(
+                _old_row_findings(rule, where, facts.replica_identity, facts.identity_columns)
+            )
+    except InvalidatorError as exc:
+        findings.append(Finding("error", "database", str(exc)))
+    router = Router(config.pools)
+    for node, address in router.addresses.items():
+        conn = NodeConnection(node, address, timeout=2.0)
+        try:
+            conn.roundtrip([b"version\r\n"])
+        except InvalidatorError as exc:
+            findings.append(Finding("error", f"memcached {node}", str(exc)))
+        finally:
+            conn.close()
     return findings

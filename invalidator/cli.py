@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from . import __version__
 from .check import offline_findings
 from .config import Config, load_config
-from .errors import InvalidatorError
+from .errors import InvalidatorError, SourceError
 from .logs import configure, get_logger
+from .metrics import Metrics
 from .redact import redact
 from .replay import replay
 
@@ -69,6 +70,81 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon, Health, install_signal_handlers
+    from .http import HttpServer
+
+    config = _load(args)
+    log = get_logger()
+    metrics = Metrics()
+    health = Health()
+    daemon = Daemon(
+        config, metrics=metrics, log=log, health=health, drain_timeout=args.drain_timeout
+    )
+    install_signal_handlers(daemon, log)
+    server = None
+    if config.http.listen:
+        try:
+            server = HttpServer(config.http.listen, metrics, health)
+        except OSError as exc:
+            raise SourceError(f"http.listen {config.http.listen}: {exc.strerror}") from None
+        server.start()
+    log.info("starting", slot=config.source.slot, rules=len(config.rules), http=config.http.listen)
+    try:
+        return daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
+        log.info("stopped", confirmed_lsn=health.confirmed_lsn or None)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from .pgsource import Admin
+
+    config = _load(args)
+    if config.source.dsn is None:
+        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+    admin = Admin(config.source.dsn.get_secret_value())
+    created = admin.create_slot(config.source.slot)
+    print(f"slot {config.source.slot}: {'created' if created else 'already exists'}")
+    return 0
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    from .pgsource import Admin
+
+    config = _load(args)
+    if config.source.dsn is None:
+        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+    admin = Admin(config.source.dsn.get_secret_value())
+    dropped = admin.drop_slot(config.source.slot)
+    print(f"slot {config.source.slot}: {'dropped' if dropped else 'did not exist'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .pgsource import Admin
+
+    config = _load(args)
+    if config.source.dsn is None:
+        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+    status = Admin(config.source.dsn.get_secret_value()).slot_status(config.source.slot)
+    record = {
+        "slot": status.slot,
+        "exists": status.exists,
+        "active": status.active,
+        "active_pid": status.active_pid,
+        "confirmed_lsn": status.confirmed_flush_lsn,
+        "restart_lsn": status.restart_lsn,
+        "wal_retained_bytes": status.retained_bytes,
+        "lag_bytes": status.lag_bytes,
+    }
+    print(json.dumps(record))
+    return 0 if status.exists else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invalidator",
@@ -93,6 +169,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="also perform the operations on the pools' memcached nodes",
     )
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "run",
+        help="the daemon: stream changes and invalidate",
+        description="Stream wal2json changes and apply the rules' cache operations. "
+        "SIGTERM/SIGINT: stop reading, finish in-flight work, confirm the last applied "
+        "position, exit 0.",
+    )
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on shutdown, wait this long for in-flight work (default 5)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("setup", cmd_setup, "create the replication slot"),
+        ("teardown", cmd_teardown, "drop the replication slot"),
+        ("status", cmd_status, "where the slot stands: active, confirmed LSN, WAL retained, lag"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", help=CONFIG_HELP)
+        p.set_defaults(func=func)
 
     p = sub.add_parser(
         "check",

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+# SPEC names exactly these series; the *_created twins would only add noise.
+disable_created_metrics()
 
 LATENCY_BUCKETS = (
     0.0005,

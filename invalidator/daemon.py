@@ -1,0 +1,430 @@
+"""``invalidator run``: stream changes, apply their cache work, confirm only what is done.
+
+One thread, one selector over the replication socket and every memcached node's socket.
+Each transaction's operations are sent as its records stream in (a 1,000,000-row
+transaction is never held in memory: the in-flight window throttles reading instead), and
+several transactions' work is in flight per node at once. The position confirmed to
+PostgreSQL is the end of the newest transaction whose operations — and those of every
+older transaction — memcached has acknowledged (``tracker.AckTracker``).
+
+Shutdown (SIGTERM/SIGINT, e.g. Kubernetes' terminationGracePeriodSeconds): stop reading,
+finish in-flight work for up to ``drain_timeout`` seconds, confirm, return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import time
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .changes import Begin, Change, Commit, lsn_to_int
+from .config import Config
+from .errors import DecodeError, SourceError
+from .metrics import Metrics
+from .nodes import Entry, NodeChannel
+from .operations import SkippedKey
+from .pgsource import Admin, ReplicationStream, stream_options
+from .replication import Keepalive, XLogData
+from .rules import RuleSet, TableName, plan
+from .sink import Router
+from .tracker import AckTracker, Txn
+from .wal2json import decode_v2
+
+MAX_PENDING = 100_000  # queued + in-flight operations before reading is paused
+STATUS_INTERVAL = 10.0  # below the default wal_sender_timeout (60 s) / 2
+STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position moved
+RECONNECT_MIN = 0.2
+RECONNECT_MAX = 10.0
+SKIP_LOG_EVERY = 60.0
+
+
+@dataclass(slots=True)
+class Health:
+    """What /healthz and /readyz report; written by the loop, read by the HTTP thread."""
+
+    streaming: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+    last_error: str = ""
+    confirmed_lsn: str = ""
+
+
+def commit_epoch(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+class Daemon:
+    """The streaming loop with reconnects; ``run()`` returns when asked to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics,
+        log: Any,
+        health: Health | None = None,
+        drain_timeout: float = 5.0,
+    ):
+        if config.source.dsn is None:
+            raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+        self.config = config
+        self.dsn = config.source.dsn.get_secret_value()
+        self.slot = config.source.slot
+        self.metrics = metrics
+        self.log = log
+        self.health = health or Health()
+        self.drain_timeout = drain_timeout
+        self.rules = RuleSet.from_config(config)
+        self.router = Router(config.pools)
+        self.channels = {
+            node: NodeChannel(node, address, on_error=self._node_error)
+            for node, address in self.router.addresses.items()
+        }
+        self.stopping = False
+        self._deadline = 0.0
+        self._skip_logged: dict[tuple[int, str, str], float] = {}
+        self._unknown_tables: dict[TableName, TableName | None] = {}
+        self._watch_partitions = False
+        self._admin = Admin(self.dsn)
+        self._op_results: Tally[tuple[str, str, str]] = Tally()
+        self._changes: Tally[tuple[str, str]] = Tally()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if not self.stopping:
+            self._deadline = time.monotonic() + self.drain_timeout
+        self.stopping = True
+
+    def run(self) -> int:
+        delay = RECONNECT_MIN
+        while not self.stopping:
+            try:
+                self._prepare()
+                self._stream()
+                delay = RECONNECT_MIN
+            except SourceError as exc:
+                self.health.streaming = False
+                self.health.last_error = str(exc)
+                self.metrics.up.set(0)
+                if self.stopping:
+                    break
+                self.log.warning(
+                    "source unavailable; retrying", error=str(exc), retry_in=round(delay, 2)
+                )
+                self._sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+        self._drain_nodes(self.drain_timeout)
+        for channel in self.channels.values():
+            channel.close()
+        self.metrics.up.set(0)
+        self.health.streaming = False
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            self._service_nodes(min(0.05, end - time.monotonic()))
+            self.health.last_loop = time.monotonic()
+
+    def _prepare(self) -> None:
+        if self.config.source.create_slot:
+            if self._admin.create_slot(self.slot):
+                self.log.info("replication slot created", slot=self.slot)
+        elif not self._admin.slot_status(self.slot).exists:
+            raise SourceError(
+                f"slot {self.slot} does not exist and create_slot is false "
+                "(run `invalidator setup`)"
+            )
+        watched = set(self.rules.tables)
+        partitions = self._admin.partitions(watched)
+        self.rules = self.rules.with_partitions(partitions)
+        # Partitions created later must not be filtered out by the server: with a
+        # partitioned table in the rules, take every table and resolve new names lazily.
+        self._watch_partitions = bool(partitions) or any(
+            self._admin.table_facts(*t).partitioned for t in watched
+        )
+        self._unknown_tables.clear()
+
+    # -- the stream -----------------------------------------------------------------------
+
+    def _stream(self) -> None:
+        tables = None if self._watch_partitions else self.rules.tables
+        stream = ReplicationStream(self.dsn, self.slot, stream_options(tables))
+        start = self._admin.slot_status(self.slot)
+        tracker = AckTracker(
+            lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
+        )
+        stream.open(0)  # the server resumes at the slot's confirmed position
+        self.health.streaming = True
+        self.health.last_error = ""
+        self.metrics.up.set(1)
+        self.log.info(
+            "streaming",
+            slot=self.slot,
+            tables=len(self.rules.tables),
+            nodes=len(self.channels),
+            resume_lsn=start.confirmed_flush_lsn,
+        )
+        selector = selectors.DefaultSelector()
+        pg_fd = stream.fileno()
+        pg_registered = False
+        registered: dict[str, tuple[Any, int]] = {}
+        txn: Txn | None = None
+        wal_end = 0
+        last_status = 0.0
+        sent_position = tracker.confirmed
+        metrics = self.metrics
+        try:
+            while True:
+                now = time.monotonic()
+                self.health.last_loop = now
+                pending = sum(c.pending for c in self.channels.values())
+                want_pg = not self.stopping and pending < MAX_PENDING
+                if want_pg != pg_registered:
+                    if want_pg:
+                        selector.register(pg_fd, selectors.EVENT_READ, None)
+                    else:
+                        selector.unregister(pg_fd)
+                    pg_registered = want_pg
+                if self.stopping and (pending == 0 or now > self._deadline):
+                    break
+                self._register_nodes(selector, registered, now)
+                timeout = 0.0 if any(c.wants_write for c in self.channels.values()) else 0.2
+                for key, events in selector.select(timeout):
+                    channel = key.data
+                    if channel is None:
+                        for message in stream.read():
+                            if type(message) is XLogData:
+                                txn = self._on_xlog(message, txn, tracker)
+                                wal_end = max(wal_end, message.wal_end)
+                            elif isinstance(message, Keepalive):
+                                wal_end = max(wal_end, message.wal_end)
+                                if message.reply_requested:
+                                    last_status = 0.0
+                        continue
+                    if events & selectors.EVENT_READ:
+                        self._complete(channel.on_readable())
+                    if events & selectors.EVENT_WRITE:
+                        channel.on_writable()
+                for channel in self.channels.values():
+                    if channel.queue and channel.sock is not None and not channel.connecting:
+                        channel.on_writable()
+                for done in tracker.advance():
+                    if done.commit_time is not None:
+                        metrics.commit_to_ack.observe(max(0.0, time.time() - done.commit_time))
+                if txn is None and tracker.pending == 0 and wal_end:
+                    tracker.idle_advance(wal_end)
+                now = time.monotonic()
+                moved = tracker.confirmed != sent_position
+                if (moved and now - last_status >= STATUS_MIN_GAP) or (
+                    now - last_status >= STATUS_INTERVAL
+                ):
+                    stream.send_status(tracker.confirmed)
+                    sent_position = tracker.confirmed
+                    last_status = now
+                    self._publish(tracker.confirmed, wal_end)
+        finally:
+            try:
+                if tracker.confirmed:
+                    tracker.advance()
+                    stream.send_status(tracker.confirmed)
+                    self._publish(tracker.confirmed, wal_end)
+            except SourceError:
+                pass
+            selector.close()
+            stream.close()
+            self.health.streaming = False
+
+    def _register_nodes(
+        self, selector: selectors.BaseSelector, registered: dict[str, tuple[Any, int]], now: float
+    ) -> None:
+        # Registered by socket object, unregistering stale entries before registering new
+        # ones: a reconnect may reuse a closed socket's fd number.
+        wanted: dict[str, tuple[Any, int]] = {}
+        for node, channel in self.channels.items():
+            if channel.sock is None and channel.pending:
+                channel.ensure_connected()
+            if channel.sock is not None:
+                events = selectors.EVENT_READ
+                if channel.wants_write and now >= channel.retry_at:
+                    events |= selectors.EVENT_WRITE
+                wanted[node] = (channel.sock, events)
+        for node, current in list(registered.items()):
+            new = wanted.get(node)
+            if new is None or new[0] is not current[0] or new[1] != current[1]:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(current[0])
+                del registered[node]
+        for node, new in wanted.items():
+            if node not in registered:
+                selector.register(new[0], new[1], self.channels[node])
+                registered[node] = new
+
+    def _on_xlog(self, message: XLogData, txn: Txn | None, tracker: AckTracker) -> Txn | None:
+        payload = message.payload
+        kind = payload[11:12]  # b'{"action":"X"...' — skip decoding for bounds
+        if kind == b"B":
+            return tracker.begin()
+        if kind == b"C":
+            if txn is None:
+                txn = tracker.begin()
+            event = decode_v2(payload)
+            stamp = event.timestamp if isinstance(event, Commit) else None
+            tracker.commit(txn, message.data_start, commit_epoch(stamp))
+            return None
+        try:
+            event = decode_v2(payload)
+        except DecodeError as exc:
+            # Never confirm past a record we could not read: stop this session loudly.
+            raise SourceError(
+                f"undecodable wal2json record at {message.data_start:X}: {exc}"
+            ) from None
+        if isinstance(event, Change):
+            if txn is None:
+                txn = tracker.begin()
+            self._on_change(event, txn)
+        elif isinstance(event, Begin):
+            return tracker.begin()
+        return txn
+
+    def _on_change(self, change: Change, txn: Txn) -> None:
+        self._changes[(change.qualified_table, change.kind)] += 1
+        if self._watch_partitions and not self.rules.rules_for(change.schema, change.table):
+            self._resolve_partition((change.schema, change.table))
+        result = plan(change, self.rules)
+        for skipped in result.skipped:
+            self._skipped(skipped)
+        if not result.operations:
+            return
+        channels = self.channels
+        for routed in self.router.route(result.operations):
+            channels[routed.node].submit(routed.operation, txn)
+
+    def _resolve_partition(self, name: TableName) -> None:
+        if name in self._unknown_tables:
+            return
+        rows = (
+            self._admin.query(
+                "SELECT n.nspname, c.relname FROM pg_partition_ancestors(%s::regclass) a"
+                " JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid ="
+                " c.relnamespace WHERE a.relid <> %s::regclass",
+                (self._regclass(name), self._regclass(name)),
+            )
+            if self._table_exists(name)
+            else []
+        )
+        parent = next(((s, t) for s, t in rows if (s, t) in self.rules.by_table), None)
+        self._unknown_tables[name] = parent
+        if parent is not None:
+            self.rules.aliases[name] = parent
+            self.log.info(
+                "new partition watched", partition=".".join(name), parent=".".join(parent)
+            )
+
+    @staticmethod
+    def _regclass(name: TableName) -> str:
+        return ".".join('"' + part.replace('"', '""') + '"' for part in name)
+
+    def _table_exists(self, name: TableName) -> bool:
+        return bool(
+            self._admin.query(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s",
+                name,
+            )
+        )
+
+    def _complete(self, entries: list[Entry]) -> None:
+        results = self._op_results
+        for entry in entries:
+            op = entry.op
+            results[(op.pool, op.op, "ok")] += 1
+            for txn in entry.txns:
+                txn.outstanding -= 1
+
+    def _skipped(self, skipped: SkippedKey) -> None:
+        self.metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()
+        key = (skipped.rule, skipped.template, skipped.reason)
+        now = time.monotonic()
+        if now - self._skip_logged.get(key, -SKIP_LOG_EVERY) >= SKIP_LOG_EVERY:
+            self._skip_logged[key] = now
+            self.log.warning(
+                "key not built",
+                rule=skipped.rule,
+                table=skipped.table,
+                template=skipped.template,
+                reason=skipped.reason,
+                lsn=skipped.lsn,
+                note="logged once a minute per rule and reason",
+            )
+
+    def _node_error(self, node: str, reason: str) -> None:
+        self.metrics.memcached_errors.labels(node).inc()
+        self.log.warning("memcached node error", node=node, reason=reason)
+
+    def _publish(self, confirmed: int, wal_end: int) -> None:
+        metrics = self.metrics
+        metrics.confirmed_lsn.set(confirmed)
+        if wal_end:
+            metrics.replication_lag.set(max(0, wal_end - confirmed))
+        for node, channel in self.channels.items():
+            metrics.pending.labels(node).set(channel.pending)
+        for (pool, op, result), count in self._op_results.items():
+            metrics.operations.labels(pool, op, result).inc(count)
+        self._op_results.clear()
+        for (table, kind), count in self._changes.items():
+            metrics.changes.labels(table, kind).inc(count)
+        self._changes.clear()
+        self.health.confirmed_lsn = f"{confirmed >> 32:X}/{confirmed & 0xFFFFFFFF:X}"
+
+    # -- nodes without a stream -----------------------------------------------------------
+
+    def _service_nodes(self, timeout: float) -> None:
+        """Keep memcached work moving while PostgreSQL is away (reconnect backoff)."""
+        busy = [c for c in self.channels.values() if c.pending]
+        if not busy:
+            time.sleep(max(0.0, timeout))
+            return
+        selector = selectors.DefaultSelector()
+        registered: dict[str, tuple[Any, int]] = {}
+        try:
+            self._register_nodes(selector, registered, time.monotonic())
+            for key, events in selector.select(max(0.0, timeout)):
+                channel: NodeChannel = key.data
+                if events & selectors.EVENT_READ:
+                    self._complete(channel.on_readable())
+                if events & selectors.EVENT_WRITE:
+                    channel.on_writable()
+        finally:
+            selector.close()
+
+    def _drain_nodes(self, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while any(c.pending for c in self.channels.values()) and time.monotonic() < end:
+            self._service_nodes(0.05)
+
+
+def install_signal_handlers(
+    daemon: Daemon, log: Any, hook: Callable[[int], None] | None = None
+) -> None:
+    """SIGTERM/SIGINT ask the loop to stop; a second signal is not needed to exit."""
+    import signal
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        daemon.request_stop()
+        if hook is not None:
+            hook(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

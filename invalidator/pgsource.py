@@ -1,0 +1,277 @@
+"""The PostgreSQL edge: the replication stream and slot administration (psycopg 3).
+
+psycopg has no replication API; a connection opened with ``replication="database"``
+accepts ``START_REPLICATION`` and is then left in COPY BOTH, which the libpq wrapper
+(``conn.pgconn``) drives: ``consume_input``, ``get_copy_data(1)``, ``put_copy_data``,
+``flush``. Every psycopg error leaves this module as ``SourceError`` with secrets redacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .changes import int_to_lsn
+from .errors import SourceError
+from .redact import redact
+from .replication import Keepalive, ProtocolError, XLogData, parse_message, standby_status
+from .rules import TableName
+
+PLUGIN = "wal2json"
+CONNECT_TIMEOUT = 10
+# UTC so wal2json prints commit timestamps we can compare with our clock.
+SESSION_OPTIONS = "-c TimeZone=UTC"
+
+
+def source_error(what: str, exc: BaseException) -> SourceError:
+    """A one-line, password-free error for a psycopg failure."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return SourceError(redact(f"{what}: {text}"))
+
+
+def escape_table_name(name: str) -> str:
+    """Escape a name for wal2json's add-tables list (space ' , . * and backslash)."""
+    return "".join("\\" + ch if ch in " ',.*\\" else ch for ch in name)
+
+
+def add_tables_option(tables: Iterable[TableName]) -> str:
+    return ",".join(f"{escape_table_name(s)}.{escape_table_name(t)}" for s, t in sorted(tables))
+
+
+def stream_options(tables: Iterable[TableName] | None) -> dict[str, str]:
+    """wal2json options for the daemon: format 2 with commit timestamps and types."""
+    options = {
+        "format-version": "2",
+        "include-timestamp": "1",
+        "include-types": "1",
+        "include-lsn": "1",
+    }
+    if tables is not None:
+        options["add-tables"] = add_tables_option(tables)
+    return options
+
+
+class ReplicationStream:
+    """One START_REPLICATION session on a slot."""
+
+    def __init__(self, dsn: str, slot: str, options: Mapping[str, str]):
+        self.dsn = dsn
+        self.slot = slot
+        self.options = dict(options)
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def open(self, start_lsn: int = 0) -> None:
+        try:
+            self.conn = psycopg.connect(
+                self.dsn,
+                replication="database",
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                options=SESSION_OPTIONS,
+            )
+        except psycopg.Error as exc:
+            raise source_error("cannot open replication connection", exc) from None
+        opts = ", ".join(
+            f"\"{name}\" '{value.replace(chr(39), chr(39) * 2)}'"
+            for name, value in self.options.items()
+        )
+        command = f'START_REPLICATION SLOT "{self.slot}" LOGICAL {int_to_lsn(start_lsn)} ({opts})'
+        try:
+            self.conn.execute(command)
+        except psycopg.Error as exc:
+            self.close()
+            raise source_error(f"cannot start replication on slot {self.slot}", exc) from None
+
+    def fileno(self) -> int:
+        assert self.conn is not None
+        return self.conn.pgconn.socket
+
+    def read(self, limit: int = 10_000) -> list[XLogData | Keepalive]:
+        """Every message already received (up to ``limit``), without blocking."""
+        assert self.conn is not None
+        pg = self.conn.pgconn
+        messages: list[XLogData | Keepalive] = []
+        try:
+            pg.consume_input()
+            while len(messages) < limit:
+                n, data = pg.get_copy_data(1)
+                if n == 0:
+                    break
+                if n < 0:
+                    result = pg.get_result()
+                    detail = (
+                        result.error_message.decode(errors="replace") if result is not None else ""
+                    )
+                    raise SourceError(redact(f"replication stream ended: {detail.strip()}"))
+                messages.append(parse_message(data))
+        except psycopg.Error as exc:
+            raise source_error("replication connection failed", exc) from None
+        except ProtocolError as exc:
+            raise SourceError(f"replication protocol: {exc}") from None
+        return messages
+
+    def send_status(self, flush: int, *, reply: bool = False) -> None:
+        assert self.conn is not None
+        pg = self.conn.pgconn
+        try:
+            pg.put_copy_data(standby_status(flush, reply=reply))
+            pg.flush()
+        except psycopg.Error as exc:
+            raise source_error("cannot send status to PostgreSQL", exc) from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlotStatus:
+    slot: str
+    exists: bool
+    active: bool = False
+    active_pid: int | None = None
+    plugin: str | None = None
+    confirmed_flush_lsn: str | None = None
+    restart_lsn: str | None = None
+    retained_bytes: int | None = None
+    lag_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TableFacts:
+    """What ``check`` needs to know of a watched table."""
+
+    exists: bool
+    columns: frozenset[str] = frozenset()
+    replica_identity: str = "d"  # d default, f full, i index, n nothing
+    identity_columns: frozenset[str] = frozenset()
+    partitioned: bool = False
+
+
+class Admin:
+    """A regular (SQL) connection for slot management and catalogue questions."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=SESSION_OPTIONS
+            )
+        except psycopg.Error as exc:
+            raise source_error("cannot connect to PostgreSQL", exc) from None
+        try:
+            yield conn
+        except psycopg.Error as exc:
+            raise source_error("PostgreSQL query failed", exc) from None
+        finally:
+            conn.close()
+
+    def query(self, query: str | sql.Composed, params: Any = None) -> list[tuple[Any, ...]]:
+        with self._connect() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def wal_level(self) -> str:
+        return str(self.query("SHOW wal_level")[0][0])
+
+    def slot_status(self, slot: str) -> SlotStatus:
+        rows = self.query(
+            "SELECT active, active_pid, plugin, confirmed_flush_lsn::text, restart_lsn::text,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        if not rows:
+            return SlotStatus(slot, exists=False)
+        active, pid, plugin, confirmed, restart, retained, lag = rows[0]
+        return SlotStatus(slot, True, bool(active), pid, plugin, confirmed, restart, retained, lag)
+
+    def create_slot(self, slot: str) -> bool:
+        """Create the logical slot unless it exists; True if created."""
+        status = self.slot_status(slot)
+        if status.exists:
+            if status.plugin != PLUGIN:
+                raise SourceError(f"slot {slot} exists with plugin {status.plugin}, not {PLUGIN}")
+            return False
+        try:
+            self.query("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, PLUGIN))
+        except SourceError as exc:
+            if "already exists" in str(exc):
+                return False  # another replica created it first
+            raise
+        return True
+
+    def drop_slot(self, slot: str) -> bool:
+        if not self.slot_status(slot).exists:
+            return False
+        self.query("SELECT pg_drop_replication_slot(%s)", (slot,))
+        return True
+
+    def partitions(self, tables: Iterable[TableName]) -> dict[TableName, TableName]:
+        """Every partition (at any depth) of the given tables → the watched ancestor."""
+        result: dict[TableName, TableName] = {}
+        for schema, table in tables:
+            rows = (
+                self.query(
+                    "SELECT n.nspname, c.relname FROM pg_partition_tree(%s::regclass) t"
+                    " JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid ="
+                    " c.relnamespace WHERE t.level > 0",
+                    (sql.Identifier(schema, table).as_string(None),),
+                )
+                if self.table_facts(schema, table).partitioned
+                else []
+            )
+            for child_schema, child in rows:
+                result[(child_schema, child)] = (schema, table)
+        return result
+
+    def table_facts(self, schema: str, table: str) -> TableFacts:
+        rows = self.query(
+            "SELECT c.oid, c.relreplident, c.relkind FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        )
+        if not rows:
+            return TableFacts(False)
+        oid, identity, kind = rows[0]
+        columns = frozenset(
+            r[0]
+            for r in self.query(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
+                " AND NOT attisdropped",
+                (oid,),
+            )
+        )
+        if identity == "d":
+            index = self.query(
+                "SELECT indexrelid FROM pg_index WHERE indrelid = %s AND indisprimary", (oid,)
+            )
+        elif identity == "i":
+            index = self.query(
+                "SELECT indexrelid FROM pg_index WHERE indrelid = %s AND indisreplident", (oid,)
+            )
+        else:
+            index = []
+        identity_columns: frozenset[str] = frozenset()
+        if identity == "f":
+            identity_columns = columns
+        elif index:
+            identity_columns = frozenset(
+                r[0]
+                for r in self.query(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid ="
+                    " i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indexrelid = %s",
+                    (index[0][0],),
+                )
+            )
+        return TableFacts(True, columns, identity, identity_columns, kind == "p")

@@ -1,0 +1,68 @@
+"""Which WAL position may be confirmed: the at-least-once bookkeeping, as plain data.
+
+Transactions are registered in commit order. Each carries a count of operations not yet
+acknowledged by memcached; a transaction is done when its commit has been seen and its
+count is zero. The confirmable position is the ``nextlsn`` of the newest transaction such
+that it and every older one are done — never further, whatever order replies arrive in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, eq=False)
+class Txn:
+    """One transaction's bookkeeping; operations hold a reference to it."""
+
+    outstanding: int = 0
+    committed: bool = False
+    end_lsn: int = 0
+    commit_time: float | None = None  # commit timestamp (Unix seconds), for latency
+
+    @property
+    def done(self) -> bool:
+        return self.committed and self.outstanding == 0
+
+
+class AckTracker:
+    """Open transactions in commit order and the highest position safe to confirm."""
+
+    def __init__(self, confirmed: int = 0):
+        self.confirmed = confirmed
+        self._open: deque[Txn] = deque()
+
+    def begin(self) -> Txn:
+        txn = Txn()
+        self._open.append(txn)
+        return txn
+
+    def commit(self, txn: Txn, end_lsn: int, commit_time: float | None) -> None:
+        txn.committed = True
+        txn.end_lsn = end_lsn
+        txn.commit_time = commit_time
+
+    @property
+    def pending(self) -> int:
+        """Transactions seen but not yet confirmable."""
+        return len(self._open)
+
+    def advance(self) -> list[Txn]:
+        """Pop every leading done transaction; returns them (oldest first)."""
+        finished: list[Txn] = []
+        queue = self._open
+        while queue and queue[0].done:
+            txn = queue.popleft()
+            if txn.end_lsn > self.confirmed:
+                self.confirmed = txn.end_lsn
+            finished.append(txn)
+        return finished
+
+    def idle_advance(self, wal_end: int) -> bool:
+        """With nothing open, the server's WAL end may be confirmed (quiet tables must not
+        pin WAL). Returns whether the position moved."""
+        if self._open or wal_end <= self.confirmed:
+            return False
+        self.confirmed = wal_end
+        return True
