@@ -41,6 +41,7 @@ STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
 SKIP_LOG_EVERY = 60.0
+PUBLISH_INTERVAL = 0.25  # metrics are tallied locally and published on this period
 
 
 @dataclass(slots=True)
@@ -182,6 +183,7 @@ class Daemon:
         txn: Txn | None = None
         wal_end = 0
         last_status = 0.0
+        last_publish = 0.0
         sent_position = tracker.confirmed
         metrics = self.metrics
         try:
@@ -232,7 +234,9 @@ class Daemon:
                     stream.send_status(tracker.confirmed)
                     sent_position = tracker.confirmed
                     last_status = now
+                if now - last_publish >= PUBLISH_INTERVAL:
                     self._publish(tracker.confirmed, wal_end)
+                    last_publish = now
         finally:
             try:
                 if tracker.confirmed:

@@ -59,7 +59,7 @@ def parse_message(data: bytes | memoryview) -> XLogData | Keepalive:
 
 def pg_now(now: float | None = None) -> int:
     """Microseconds since 2000-01-01 UTC."""
-    return int(((time.time() if now is None else now) - PG_EPOCH_OFFSET) * 1_000_000)
+    return round(((time.time() if now is None else now) - PG_EPOCH_OFFSET) * 1_000_000)
 
 
 def standby_status(flush: int, *, now: float | None = None, reply: bool = False) -> bytes:

@@ -1,0 +1,253 @@
+"""`invalidator run` end to end: real PostgreSQL (wal2json), real memcached, the app's own
+HashClient, and SQL writes behind the app's back."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pymemcache.client.hash import HashClient
+
+from tests.daemon_process import DaemonProcess
+from tests.services import MemcachedPool, PgDatabase
+
+USER_RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
+
+
+@pytest.fixture
+def users_db(pg_db: PgDatabase) -> PgDatabase:
+    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text)")
+    pg_db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
+    pg_db.execute(
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'user ' || g"
+        " FROM generate_series(1, 500) g"
+    )
+    return pg_db
+
+
+@pytest.fixture
+def app(memcached: MemcachedPool) -> Iterator[HashClient]:
+    """The cache-aside app's client, as the seed guide builds it (replies awaited)."""
+    client = HashClient(memcached.servers, use_pooling=False, no_delay=True, default_noreply=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def daemon(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess.create(
+        tmp_path, dsn=users_db.dsn, slot="inval", servers=memcached.servers, rules=USER_RULES
+    )
+    yield proc
+    proc.stop()
+
+
+def get_user(app: HashClient, db: PgDatabase, user_id: int) -> dict[str, Any] | None:
+    """The seed guide's cache-aside read."""
+    cached = app.get(f"user:{user_id}")
+    if cached is not None:
+        return json.loads(cached)  # type: ignore[no-any-return]
+    rows = db.execute("SELECT id, email, name FROM users WHERE id = %s", (user_id,))
+    if not rows:
+        return None
+    user = {"id": rows[0][0], "email": rows[0][1], "name": rows[0][2]}
+    app.set(f"user:{user_id}", json.dumps(user), expire=300)
+    return user
+
+
+def wait_gone(app: HashClient, keys: list[str], timeout: float = 10.0) -> list[str]:
+    end = time.monotonic() + timeout
+    left = list(keys)
+    while left and time.monotonic() < end:
+        left = [k for k in left if app.get(k) is not None]
+        if left:
+            time.sleep(0.005)
+    return left
+
+
+def test_update_behind_the_apps_back_invalidates_and_app_reads_new_row(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """The app caches user:7; a plain SQL UPDATE removes it; the app then reads the new row."""
+    daemon.start()
+    assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "user 7"}
+    users_db.execute("UPDATE users SET name = 'renamed' WHERE id = 7")
+    assert wait_gone(app, ["user:7"]) == []
+    assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "renamed"}
+
+
+def test_email_change_removes_old_and_new_email_keys(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """With REPLICA IDENTITY FULL the old email key goes too."""
+    daemon.start()
+    for key in ("user:8", "user_by_email:u8@example.com", "user_by_email:new8@example.com"):
+        app.set(key, "cached")
+    users_db.execute("UPDATE users SET email = 'new8@example.com' WHERE id = 8")
+    assert (
+        wait_gone(app, ["user:8", "user_by_email:u8@example.com", "user_by_email:new8@example.com"])
+        == []
+    )
+
+
+def test_delete_invalidates(daemon: DaemonProcess, users_db: PgDatabase, app: HashClient) -> None:
+    """A DELETE removes the row's keys; the app then sees no user."""
+    daemon.start()
+    get_user(app, users_db, 9)
+    users_db.execute("DELETE FROM users WHERE id = 9")
+    assert wait_gone(app, ["user:9", "user_by_email:u9@example.com"]) == []
+    assert get_user(app, users_db, 9) is None
+
+
+def test_hundreds_of_changes_each_invalidated(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """300 single-row updates: every cached key is gone afterwards."""
+    daemon.start()
+    ids = random.Random(3).sample(range(1, 501), 300)
+    for i in ids:
+        app.set(f"user:{i}", "cached")
+    with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        for i in ids:
+            conn.execute("UPDATE users SET name = name || '!' WHERE id = %s", (i,))
+    assert wait_gone(app, [f"user:{i}" for i in ids]) == []
+
+
+def test_changes_made_while_the_daemon_is_down_are_invalidated_on_start(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """The slot keeps what happened while nobody streamed."""
+    daemon.start()
+    daemon.terminate()
+    app.set("user:11", "cached")
+    users_db.execute("UPDATE users SET name = 'offline edit' WHERE id = 11")
+    daemon.start()
+    assert wait_gone(app, ["user:11"]) == []
+
+
+def test_sigterm_confirms_applied_work_and_exits_zero(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """SIGTERM: exit 0 within seconds; the slot is confirmed past the last change."""
+    daemon.start()
+    app.set("user:12", "cached")
+    users_db.execute("UPDATE users SET name = 'x' WHERE id = 12")
+    end_lsn = users_db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
+    assert wait_gone(app, ["user:12"]) == []
+    started = time.monotonic()
+    assert daemon.terminate() == 0
+    assert time.monotonic() - started < 5
+    confirmed = users_db.execute(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+        " WHERE slot_name = 'inval'",
+        (end_lsn,),
+    )
+    assert confirmed == [(True,)]
+
+
+def test_repeated_sigkill_loses_no_invalidation(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, memcached: MemcachedPool
+) -> None:
+    """SIGKILL the daemon 6 times while rows change; after catch-up no changed row's key
+    is still cached. Each update is preceded by caching its key, so a key left means an
+    invalidation was lost."""
+    daemon.start()
+    stop = threading.Event()
+    updated: set[int] = set()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        rng = random.Random(7)
+        client = HashClient(
+            memcached.servers, use_pooling=False, no_delay=True, default_noreply=False
+        )
+        try:
+            with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    ids = rng.sample(range(1, 501), rng.choice([1, 1, 1, 5, 20]))
+                    for i in ids:
+                        client.set(f"user:{i}", "cached")
+                    with conn.transaction():
+                        for i in ids:
+                            conn.execute(
+                                "UPDATE users SET name = md5(random()::text) WHERE id = %s", (i,)
+                            )
+                    updated.update(ids)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(6):
+            time.sleep(random.uniform(0.3, 0.8))
+            daemon.kill()
+            time.sleep(random.uniform(0.0, 0.3))
+            daemon.start()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
+    left = wait_gone(app, [f"user:{i}" for i in sorted(updated)], timeout=20)
+    assert (len(updated) > 100, left) == (True, [])
+
+
+def test_quiet_watched_table_does_not_pin_wal_while_others_are_busy(
+    daemon: DaemonProcess, users_db: PgDatabase
+) -> None:
+    """With only an unwatched table changing, the slot's confirmed position keeps up."""
+    users_db.execute("CREATE TABLE noise (id serial PRIMARY KEY, payload text)")
+    daemon.start()
+    lags = []
+    with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        for _ in range(40):
+            conn.execute(
+                "INSERT INTO noise (payload) SELECT repeat('x', 500) FROM generate_series(1, 2000)"
+            )
+            time.sleep(0.1)
+            lag = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+                " FROM pg_replication_slots WHERE slot_name = 'inval'"
+            ).fetchone()
+            assert lag is not None
+            lags.append(int(lag[0]))
+        generated = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
+        ).fetchone()
+    assert generated is not None and generated[0] > 40 * 1_000_000
+    # Written: ~40 MB of WAL; behind the slot at any sample: less than two batches' worth.
+    assert max(lags[5:]) < 4_000_000, lags
+
+
+def test_metrics_and_health_move_while_streaming(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """/readyz is 200 while streaming; counters move as changes are applied."""
+    daemon.start()
+    assert daemon.get("/healthz")[0] == 200
+    assert daemon.get("/readyz") == (200, "streaming\n")
+    before = daemon.metric("invalidator_operations_total")
+    users_db.execute("UPDATE users SET name = 'm' WHERE id BETWEEN 1 AND 50")
+    app.set("user:50", "cached")
+    users_db.execute("UPDATE users SET name = 'n' WHERE id = 50")
+    assert wait_gone(app, ["user:50"]) == []
+    end = time.monotonic() + 5
+    while daemon.metric("invalidator_operations_total") - before < 102 and time.monotonic() < end:
+        time.sleep(0.05)
+    metrics = daemon.get("/metrics")[1]
+    assert daemon.metric("invalidator_operations_total") - before == 102
+    assert 'invalidator_changes_total{op="update",table="public.users"}' in metrics
+    assert daemon.metric("invalidator_up") == 1
+    assert daemon.metric("invalidator_commit_to_ack_seconds_count") >= 2
+    assert "hunter" not in metrics
