@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
-from .errors import InvalidatorError
+from .errors import InvalidatorError, NodeError
 from .pgsource import PLUGIN, Admin
 from .rules import CompiledRule, RuleSet
 from .sink import NodeConnection, Router
@@ -126,12 +126,12 @@ def online_findings(config: Config, source: str) -> list[Finding]:
         )
         if not probe[0][0]:
             try:
+                # A temporary slot: it disappears with the probe's own connection.
                 admin.query(
                     "SELECT pg_create_logical_replication_slot('invalidator_check_probe',"
                     " %s, true)",
                     (PLUGIN,),
                 )
-                admin.query("SELECT pg_drop_replication_slot('invalidator_check_probe')")
             except InvalidatorError as exc:
                 findings.append(
                     Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")
@@ -166,8 +166,8 @@ def online_findings(config: Config, source: str) -> list[Finding]:
         conn = NodeConnection(node, address, timeout=2.0)
         try:
             conn.roundtrip([b"version\r\n"])
-        except InvalidatorError as exc:
-            findings.append(Finding("error", f"memcached {node}", str(exc)))
+        except NodeError as exc:
+            findings.append(Finding("error", f"memcached node {node}", exc.reason))
         finally:
             conn.close()
     return findings

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .check import offline_findings
+from .check import offline_findings, online_findings
 from .config import Config, load_config
 from .errors import InvalidatorError, SourceError
 from .logs import configure, get_logger
@@ -51,12 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     source = args.config or "config"
     findings = offline_findings(config, source)
     if not args.offline:
-        print(
-            "check: online checks (database, memcached) arrive with `invalidator run`; "
-            "run with --offline",
-            file=sys.stderr,
-        )
-        return 2
+        findings += online_findings(config, source)
     for finding in findings:
         print(finding)
     errors = [f for f in findings if f.level == "error"]

@@ -251,3 +251,103 @@ def test_metrics_and_health_move_while_streaming(
     assert daemon.metric("invalidator_up") == 1
     assert daemon.metric("invalidator_commit_to_ack_seconds_count") >= 2
     assert "hunter" not in metrics
+
+
+def test_rule_on_partitioned_table_matches_partitions_even_new_ones(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """A rule on the parent covers its partitions, including one created while streaming."""
+    pg_db.execute(
+        "CREATE TABLE m (id int, region text, v int, PRIMARY KEY (id, region))"
+        " PARTITION BY LIST (region)"
+    )
+    pg_db.execute("CREATE TABLE m_eu PARTITION OF m FOR VALUES IN ('eu')")
+    pg_db.execute("INSERT INTO m VALUES (1, 'eu', 0)")
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=pg_db.dsn,
+        slot="parts",
+        servers=memcached.servers,
+        rules=[{"table": "m", "keys": ["m:{region}:{id}"]}],
+    )
+    try:
+        proc.start()
+        pg_db.execute("CREATE TABLE m_us PARTITION OF m FOR VALUES IN ('us')")
+        pg_db.execute("INSERT INTO m VALUES (2, 'us', 0)")
+        app.set("m:eu:1", "cached")
+        app.set("m:us:2", "cached")
+        pg_db.execute("UPDATE m SET v = 1")
+        assert wait_gone(app, ["m:eu:1", "m:us:2"]) == []
+    finally:
+        proc.stop()
+
+
+def test_dropped_replication_connection_resumes_without_loss(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """The walsender is terminated mid-stream: the daemon reconnects and nothing is lost."""
+    daemon.start()
+    ids = list(range(100, 200))
+    for i in ids:
+        app.set(f"user:{i}", "cached")
+    with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        for i in ids:
+            conn.execute("UPDATE users SET name = 'y' WHERE id = %s", (i,))
+            if i == 150:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                    " WHERE slot_name = 'inval'"
+                )
+    assert wait_gone(app, [f"user:{i}" for i in ids], timeout=20) == []
+    daemon.wait_ready()
+
+
+def test_check_online_reports_what_the_replica_identity_cannot_carry(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """check names templates needing old columns the identity lacks, unknown columns,
+    missing tables and tables whose UPDATE/DELETE wal2json drops; exit 1."""
+    import subprocess
+    import sys
+
+    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text)")
+    pg_db.execute("CREATE TABLE events (a int, b text)")
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=pg_db.dsn,
+        slot="chk",
+        servers=memcached.servers,
+        rules=[
+            {"table": "users", "keys": ["user:{id}", "user_by_email:{email}", "x:{nope}"]},
+            {"table": "events", "keys": ["event:{a}"]},
+            {"table": "ghost", "keys": ["g:{id}"]},
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "invalidator", "check", "--config", str(proc.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    where = str(proc.config)
+    assert result.returncode == 1
+    assert (
+        f"error: {where}: rules[0] (table public.users): keys[1]: 'user_by_email:{{email}}'"
+        " needs old email on UPDATE and DELETE but REPLICA IDENTITY DEFAULT carries only id:"
+        " the old key cannot be built (ALTER TABLE ... REPLICA IDENTITY FULL)"
+    ) in lines
+    assert (
+        f"error: {where}: rules[0] (table public.users): keys[2]: unknown column nope in"
+        " 'x:{nope}'"
+    ) in lines
+    assert (
+        f"error: {where}: rules[1] (table public.events): on: table has REPLICA IDENTITY"
+        " DEFAULT and no primary key: wal2json drops its UPDATE and DELETE"
+        " (ALTER TABLE ... REPLICA IDENTITY FULL)"
+    ) in lines
+    assert f"error: {where}: rules[2] (table public.ghost): table: no such table" in lines
+    assert [
+        line for line in lines if line.startswith(("error: database", "error: memcached"))
+    ] == []
