@@ -353,8 +353,6 @@ class Daemon:
         for entry in entries:
             op = entry.op
             results[(op.pool, op.op, "ok")] += 1
-            for txn in entry.txns:
-                txn.outstanding -= 1
 
     def _skipped(self, skipped: SkippedKey) -> None:
         self.metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()

@@ -174,7 +174,7 @@ class NodeChannel:
             inflight.append(entry)
 
     def on_readable(self) -> list[Entry]:
-        """Read replies; returns the entries that are finished (acknowledged)."""
+        """Read replies; settle and return the entries that are finished (acknowledged)."""
         if self.sock is None:
             return []
         if self.connecting and not self._connected():
@@ -204,8 +204,9 @@ class NodeChannel:
                 self._failed(f"unexpected reply {line[:40]!r}")
                 return done
             entry = inflight.popleft()
-            finished = self._reply(entry, line)
-            if finished:
+            if self._reply(entry, line):
+                for txn in entry.txns:
+                    txn.outstanding -= 1
                 done.append(entry)
         del buf[:start]
         if done:
