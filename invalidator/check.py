@@ -91,6 +91,18 @@ def _old_row_findings(
                 "(ALTER TABLE ... REPLICA IDENTITY FULL)",
             )
         ]
+    if rule.when_changed is not None and "update" in rule.on:
+        blind = sorted(set(rule.when_changed) - identity_columns)
+        if blind:
+            findings.append(
+                Finding(
+                    "warning",
+                    f"{where}: when_changed",
+                    f"old values of {', '.join(blind)} are not in the stream (REPLICA IDENTITY "
+                    f"{_IDENTITY.get(identity, identity)}): every UPDATE counts as a change "
+                    "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+                )
+            )
     for i, template in enumerate(rule.templates):
         missing = sorted(set(template.columns) - identity_columns)
         if missing:

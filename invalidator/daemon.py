@@ -202,6 +202,9 @@ class Daemon:
                     break
                 self._register_nodes(selector, registered, now)
                 timeout = 0.0 if any(c.wants_write for c in self.channels.values()) else 0.2
+                if tracker.confirmed != sent_position:
+                    # A status update deferred by the rate limit is due soon: wake for it.
+                    timeout = min(timeout, max(0.0, last_status + STATUS_MIN_GAP - now))
                 for key, events in selector.select(timeout):
                     channel = key.data
                     if channel is None:
@@ -352,7 +355,7 @@ class Daemon:
         results = self._op_results
         for entry in entries:
             op = entry.op
-            results[(op.pool, op.op, "ok")] += 1
+            results[(op.pool, op.op, entry.outcome or "ok")] += 1
 
     def _skipped(self, skipped: SkippedKey) -> None:
         self.metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()

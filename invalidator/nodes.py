@@ -33,6 +33,7 @@ class Entry:
     request: bytes
     txns: list[Txn] = field(default_factory=list)
     follow_up: str = ""  # "" | "add" | "incr": the bump protocol's second and third steps
+    outcome: str = ""  # set when finished: "ok" or "not_found" (a delete of an absent key)
 
 
 class NodeChannel:
@@ -217,10 +218,12 @@ class NodeChannel:
         outcome = classify(line).outcome
         op = entry.op
         if outcome in ("ok", "not_found") and not (op.op == "bump" and outcome == "not_found"):
+            entry.outcome = outcome
             return True
         if op.op == "bump" and outcome == "not_found" and entry.follow_up != "add":
             # The counter does not exist: create it with 1, atomically (add).
             entry.follow_up = "add"
+            entry.outcome = "created"
             entry.request = add_request(op.key.encode(), b"1")
             self.queue.appendleft(entry)
             return False
@@ -231,6 +234,7 @@ class NodeChannel:
             self.queue.appendleft(entry)
             return False
         if outcome == "not_stored" and op.op == "refresh":
+            entry.outcome = outcome
             return True
         # An error reply (SERVER_ERROR out of memory, ...): retry later, never drop.
         self.on_error(self.node, f"{op.op} {op.key}: {line[:80].decode('latin-1')}")

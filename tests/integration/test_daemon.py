@@ -321,6 +321,7 @@ def test_check_online_reports_what_the_replica_identity_cannot_carry(
             {"table": "users", "keys": ["user:{id}", "user_by_email:{email}", "x:{nope}"]},
             {"table": "events", "keys": ["event:{a}"]},
             {"table": "ghost", "keys": ["g:{id}"]},
+            {"table": "users", "keys": ["u2:{id}"], "when_changed": ["email"]},
         ],
     )
     result = subprocess.run(
@@ -348,6 +349,11 @@ def test_check_online_reports_what_the_replica_identity_cannot_carry(
         " (ALTER TABLE ... REPLICA IDENTITY FULL)"
     ) in lines
     assert f"error: {where}: rules[2] (table public.ghost): table: no such table" in lines
+    assert (
+        f"warning: {where}: rules[3] (table public.users): when_changed: old values of"
+        " email are not in the stream (REPLICA IDENTITY DEFAULT): every UPDATE counts as a"
+        " change (ALTER TABLE ... REPLICA IDENTITY FULL)"
+    ) in lines
     assert [
         line for line in lines if line.startswith(("error: database", "error: memcached"))
     ] == []
