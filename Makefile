@@ -39,6 +39,9 @@ fixtures: system-deps venv
 
 bench: system-deps venv
 	$(PY) bench/placement.py
+	$(PY) bench/throughput.py
+	$(PY) bench/big_transaction.py
+	$(PY) bench/latency.py
 
 demo: system-deps venv
 	$(PY) scripts/demo.py

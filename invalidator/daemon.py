@@ -41,6 +41,7 @@ STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
 SKIP_LOG_EVERY = 60.0
+READ_BATCH = 2_000  # replication messages handled per loop turn
 PUBLISH_INTERVAL = 0.25  # metrics are tallied locally and published on this period
 
 
@@ -184,6 +185,7 @@ class Daemon:
         wal_end = 0
         last_status = 0.0
         last_publish = 0.0
+        pg_buffered = False
         sent_position = tracker.confirmed
         metrics = self.metrics
         try:
@@ -205,22 +207,31 @@ class Daemon:
                 if tracker.confirmed != sent_position:
                     # A status update deferred by the rate limit is due soon: wake for it.
                     timeout = min(timeout, max(0.0, last_status + STATUS_MIN_GAP - now))
+                if pg_buffered and want_pg:
+                    timeout = 0.0
+                pg_ready = pg_buffered and want_pg
                 for key, events in selector.select(timeout):
                     channel = key.data
                     if channel is None:
-                        for message in stream.read():
-                            if type(message) is XLogData:
-                                txn = self._on_xlog(message, txn, tracker)
-                                wal_end = max(wal_end, message.wal_end)
-                            elif isinstance(message, Keepalive):
-                                wal_end = max(wal_end, message.wal_end)
-                                if message.reply_requested:
-                                    last_status = 0.0
+                        pg_ready = True
                         continue
                     if events & selectors.EVENT_READ:
                         self._complete(channel.on_readable())
                     if events & selectors.EVENT_WRITE:
                         channel.on_writable()
+                if pg_ready:
+                    messages = stream.read(READ_BATCH)
+                    # A full batch may leave messages in libpq's buffer, which the socket
+                    # will not signal again: read again on the next turn without waiting.
+                    pg_buffered = len(messages) == READ_BATCH
+                    for message in messages:
+                        if type(message) is XLogData:
+                            txn = self._on_xlog(message, txn, tracker)
+                            wal_end = max(wal_end, message.wal_end)
+                        elif isinstance(message, Keepalive):
+                            wal_end = max(wal_end, message.wal_end)
+                            if message.reply_requested:
+                                last_status = 0.0
                 for channel in self.channels.values():
                     if channel.queue and channel.sock is not None and not channel.connecting:
                         channel.on_writable()

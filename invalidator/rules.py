@@ -218,18 +218,18 @@ def _apply_rule(
                 reason = f"column {key.column} is {key.reason} in the {image_name} row"
                 skipped.append(SkippedKey(rule.index, table, template.source, reason, lsn))
                 continue
+            # On UPDATE the old image only invalidates; the new image carries the value.
+            this_op: OpName = op if image_name == "new" or op != "refresh" else "delete"
+            ident = (this_op, rule.pool, key)
+            if ident in seen:
+                continue  # the same key from the other image or another rule: checked once
+            seen.add(ident)
             problem = key_problem(key)
             if problem is not None:
                 skipped.append(
                     SkippedKey(rule.index, table, template.source, f"{problem}: {key[:60]!r}", lsn)
                 )
                 continue
-            # On UPDATE the old image only invalidates; the new image carries the value.
-            this_op: OpName = op if image_name == "new" or op != "refresh" else "delete"
-            ident = (this_op, rule.pool, key)
-            if ident in seen:
-                continue
-            seen.add(ident)
             if this_op == "refresh":
                 operations.append(
                     Operation("refresh", key, rule.pool, table, lsn, value, ttl, rule.index)

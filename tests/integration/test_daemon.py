@@ -357,3 +357,18 @@ def test_check_online_reports_what_the_replica_identity_cannot_carry(
     assert [
         line for line in lines if line.startswith(("error: database", "error: memcached"))
     ] == []
+
+
+def test_backlog_larger_than_a_read_batch_drains_without_stalling(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """20,000 changes queued while the daemon was down are all applied within seconds."""
+    daemon.start()
+    daemon.terminate()
+    for round_ in range(40):
+        users_db.execute("UPDATE users SET name = %s", (f"round {round_}",))
+    for i in range(1, 501):
+        app.set(f"user:{i}", "cached")
+    users_db.execute("UPDATE users SET name = 'last'")
+    daemon.start()
+    assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=8) == []
