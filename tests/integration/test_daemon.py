@@ -372,3 +372,82 @@ def test_backlog_larger_than_a_read_batch_drains_without_stalling(
     users_db.execute("UPDATE users SET name = 'last'")
     daemon.start()
     assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=8) == []
+
+
+def test_setup_status_teardown_manage_the_slot(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """setup creates the slot, status reports it as JSON, teardown drops it."""
+    import subprocess
+    import sys
+
+    proc = DaemonProcess.create(
+        tmp_path, dsn=users_db.dsn, slot="admin_slot", servers=memcached.servers, rules=USER_RULES
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "invalidator", *args, "--config", str(proc.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert cli("setup").stdout == "slot admin_slot: created\n"
+    assert cli("setup").stdout == "slot admin_slot: already exists\n"
+    status = json.loads(cli("status").stdout)
+    assert (status["slot"], status["exists"], status["active"]) == ("admin_slot", True, False)
+    assert status["confirmed_lsn"] and status["wal_retained_bytes"] >= 0
+    assert cli("teardown").stdout == "slot admin_slot: dropped\n"
+    gone = cli("status")
+    assert (gone.returncode, json.loads(gone.stdout)["exists"]) == (1, False)
+
+
+def test_dsn_password_never_appears_in_logs_status_or_errors(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """A DSN with a password (trust auth accepts it): not in the daemon's log, /metrics,
+    /readyz, status, or a connection error."""
+    import subprocess
+    import sys
+
+    secret_dsn = users_db.dsn.replace("postgres@", "postgres:hunter2@")
+    assert "hunter2" in secret_dsn
+    proc = DaemonProcess.create(
+        tmp_path, dsn=secret_dsn, slot="secret", servers=memcached.servers, rules=USER_RULES
+    )
+    try:
+        proc.start()
+        app.set("user:3", "cached")
+        users_db.execute("UPDATE users SET name = 'z' WHERE id = 3")
+        assert wait_gone(app, ["user:3"]) == []
+        outputs = [proc.get("/metrics")[1], proc.get("/readyz")[1]]
+        outputs.append(
+            subprocess.run(
+                [sys.executable, "-m", "invalidator", "status", "--config", str(proc.config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            ).stdout
+        )
+    finally:
+        proc.stop()
+    bad = DaemonProcess.create(
+        tmp_path,
+        name="bad",
+        dsn="postgresql://u:hunter2@127.0.0.1:1/x",
+        slot="secret",
+        servers=memcached.servers,
+        rules=USER_RULES,
+    )
+    try:
+        bad.start(wait=False)
+        time.sleep(1.5)
+        outputs.append(bad.get("/readyz")[1])
+    finally:
+        bad.stop()
+    outputs += [proc.log_path.read_text(), bad.log_path.read_text()]
+    assert "source unavailable" in outputs[-1]
+    assert [o for o in outputs if "hunter2" in o] == []
