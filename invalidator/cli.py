@@ -7,6 +7,7 @@ User errors print one line per problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from .config import Config, load_config
 from .errors import InvalidatorError, SourceError
 from .logs import configure, get_logger
 from .metrics import Metrics
+from .pgsource import Admin
 from .redact import redact
 from .replay import replay
 
@@ -93,39 +95,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("stopped", confirmed_lsn=health.confirmed_lsn or None)
 
 
-def cmd_setup(args: argparse.Namespace) -> int:
-    from .pgsource import Admin
-
+def _slot_admin(args: argparse.Namespace) -> tuple[str, Admin]:
+    """The configured slot's name and an admin connection to its database."""
     config = _load(args)
     if config.source.dsn is None:
         raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    admin = Admin(config.source.dsn.get_secret_value())
-    created = admin.create_slot(config.source.slot)
-    print(f"slot {config.source.slot}: {'created' if created else 'already exists'}")
+    return config.source.slot, Admin(config.source.dsn.get_secret_value())
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    slot, admin = _slot_admin(args)
+    print(f"slot {slot}: {'created' if admin.create_slot(slot) else 'already exists'}")
     return 0
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    from .pgsource import Admin
-
-    config = _load(args)
-    if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    admin = Admin(config.source.dsn.get_secret_value())
-    dropped = admin.drop_slot(config.source.slot)
-    print(f"slot {config.source.slot}: {'dropped' if dropped else 'did not exist'}")
+    slot, admin = _slot_admin(args)
+    print(f"slot {slot}: {'dropped' if admin.drop_slot(slot) else 'did not exist'}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
-    from .pgsource import Admin
-
-    config = _load(args)
-    if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    status = Admin(config.source.dsn.get_secret_value()).slot_status(config.source.slot)
+    slot, admin = _slot_admin(args)
+    status = admin.slot_status(slot)
     record = {
         "slot": status.slot,
         "exists": status.exists,
