@@ -27,11 +27,11 @@ from .config import Config
 from .errors import DecodeError, SourceError
 from .metrics import Metrics
 from .nodes import Entry, NodeChannel
-from .operations import SkippedKey
 from .pgsource import Admin, ReplicationStream, stream_options
 from .replication import Keepalive, XLogData
 from .rules import RuleSet, TableName, plan
 from .sink import Router
+from .skips import SkipReporter
 from .tracker import AckTracker, Txn
 from .wal2json import decode_v2
 
@@ -93,7 +93,7 @@ class Daemon:
         }
         self.stopping = False
         self._deadline = 0.0
-        self._skip_logged: dict[tuple[int, str, str], float] = {}
+        self.skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
         self._unknown_tables: dict[TableName, TableName | None] = {}
         self._watch_partitions = False
         self._admin = Admin(self.dsn)
@@ -321,7 +321,7 @@ class Daemon:
             self._resolve_partition((change.schema, change.table))
         result = plan(change, self.rules)
         for skipped in result.skipped:
-            self._skipped(skipped)
+            self.skips.report(skipped)
         if not result.operations:
             return
         channels = self.channels
@@ -367,22 +367,6 @@ class Daemon:
         for entry in entries:
             op = entry.op
             results[(op.pool, op.op, entry.outcome or "ok")] += 1
-
-    def _skipped(self, skipped: SkippedKey) -> None:
-        self.metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()
-        key = (skipped.rule, skipped.template, skipped.reason)
-        now = time.monotonic()
-        if now - self._skip_logged.get(key, -SKIP_LOG_EVERY) >= SKIP_LOG_EVERY:
-            self._skip_logged[key] = now
-            self.log.warning(
-                "key not built",
-                rule=skipped.rule,
-                table=skipped.table,
-                template=skipped.template,
-                reason=skipped.reason,
-                lsn=skipped.lsn,
-                note="logged once a minute per rule and reason",
-            )
 
     def _node_error(self, node: str, reason: str) -> None:
         self.metrics.memcached_errors.labels(node).inc()

@@ -38,6 +38,7 @@ class SkippedKey:
     template: str
     reason: str
     lsn: str | None = None
+    kind: str = "unbuildable"  # absent | null | invalid | truncate: groups log lines
 
 
 @dataclass(frozen=True, slots=True)

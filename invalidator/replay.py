@@ -17,9 +17,10 @@ from .changes import Change
 from .config import Config
 from .errors import ConfigError
 from .metrics import Metrics
-from .operations import Operation, SkippedKey
+from .operations import Operation
 from .rules import RuleSet, plan
 from .sink import MemcachedSink, Router
+from .skips import SkipReporter
 from .wal2json import read_stream
 
 APPLY_BATCH = 10_000
@@ -63,18 +64,6 @@ def _open(path: str) -> Iterator[IO[str]]:
         yield handle
 
 
-def _log_skipped(log: Any, skipped: SkippedKey, metrics: Metrics) -> None:
-    metrics.unbuildable.labels(skipped.table, str(skipped.rule)).inc()
-    log.warning(
-        "key not built",
-        rule=skipped.rule,
-        table=skipped.table,
-        template=skipped.template,
-        reason=skipped.reason,
-        lsn=skipped.lsn,
-    )
-
-
 def replay(
     config: Config,
     paths: Sequence[str],
@@ -94,6 +83,7 @@ def replay(
                 f"pool {rule.pool!r} uses 'discover': replay needs 'servers' "
                 "(or INVALIDATOR_MEMCACHED_SERVERS)"
             )
+    skips = SkipReporter(metrics, log)
     sink = MemcachedSink(router) if apply else None
     summary = ReplaySummary()
     pending: list[Operation] = []
@@ -123,7 +113,7 @@ def replay(
                     result = plan(event, rules)
                     for skipped in result.skipped:
                         summary.skipped += 1
-                        _log_skipped(log, skipped, metrics)
+                        skips.report(skipped)
                     for routed in router.route(result.operations):
                         summary.operations += 1
                         write(

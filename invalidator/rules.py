@@ -136,7 +136,12 @@ def plan(change: Change, rules: RuleSet) -> Plan:
             (),
             tuple(
                 SkippedKey(
-                    r.index, table, t.source, "table truncated: its keys cannot be listed", lsn
+                    r.index,
+                    table,
+                    t.source,
+                    "table truncated: its keys cannot be listed",
+                    lsn,
+                    "truncate",
                 )
                 for r in matched
                 for t in r.templates
@@ -204,6 +209,7 @@ def _apply_rule(
                         f"value.json[{absent[0]}]",
                         f"column {absent[0]} absent from the new row",
                         lsn,
+                        "absent",
                     )
                 )
                 op = "delete"
@@ -216,7 +222,9 @@ def _apply_rule(
             key = template.render(row)
             if isinstance(key, Unbuildable):
                 reason = f"column {key.column} is {key.reason} in the {image_name} row"
-                skipped.append(SkippedKey(rule.index, table, template.source, reason, lsn))
+                skipped.append(
+                    SkippedKey(rule.index, table, template.source, reason, lsn, key.reason)
+                )
                 continue
             # On UPDATE the old image only invalidates; the new image carries the value.
             this_op: OpName = op if image_name == "new" or op != "refresh" else "delete"
@@ -227,7 +235,14 @@ def _apply_rule(
             problem = key_problem(key)
             if problem is not None:
                 skipped.append(
-                    SkippedKey(rule.index, table, template.source, f"{problem}: {key[:60]!r}", lsn)
+                    SkippedKey(
+                        rule.index,
+                        table,
+                        template.source,
+                        f"{problem}: {key[:60]!r}",
+                        lsn,
+                        "invalid",
+                    )
                 )
                 continue
             if this_op == "refresh":
