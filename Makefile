@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit integration lint typecheck fixtures bench demo system-deps venv clean
+.PHONY: test unit integration faults lint typecheck fixtures bench demo system-deps venv clean
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -26,6 +26,9 @@ unit: venv
 
 integration: system-deps venv
 	$(PY) -m pytest -m integration
+
+faults: system-deps venv
+	$(PY) -m pytest -m faults -s
 
 lint: venv
 	$(VENV)/bin/ruff check invalidator tests bench scripts

@@ -119,6 +119,9 @@ class PoolConfig(_Model):
     discover: DiscoverConfig | None = None
     hashing: Hashing = "rendezvous"
     fallback_depth: int = Field(0, ge=0, le=8)
+    # Operations queued for an unreachable node before they are replaced by one flush_all
+    # (sent when it answers again): bounds memory and never stalls the stream.
+    max_queue: int = Field(100_000, ge=100)
     redelete_after: Duration | None = None
 
     @field_validator("servers")

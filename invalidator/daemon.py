@@ -14,6 +14,7 @@ finish in-flight work for up to ``drain_timeout`` seconds, confirm, return.
 from __future__ import annotations
 
 import contextlib
+import re
 import selectors
 import time
 from collections import Counter as Tally
@@ -26,8 +27,10 @@ from .changes import Begin, Change, Commit, lsn_to_int
 from .config import Config
 from .errors import DecodeError, SourceError
 from .metrics import Metrics
-from .nodes import Entry, NodeChannel
-from .pgsource import Admin, ReplicationStream, stream_options
+from .nodes import FLUSH_OP, Entry, NodeChannel
+from .operations import SkippedKey
+from .pgsource import Admin, ReplicationStream, SlotBusyError, WalPosition, stream_options
+from .placement import node_name
 from .replication import Keepalive, XLogData
 from .rules import RuleSet, TableName, plan
 from .sink import Router
@@ -35,14 +38,21 @@ from .skips import SkipReporter
 from .tracker import AckTracker, Txn
 from .wal2json import decode_v2
 
-MAX_PENDING = 100_000  # queued + in-flight operations before reading is paused
+NODE_WINDOW = 50_000  # a healthy node's queued + in-flight operations before reading pauses
 STATUS_INTERVAL = 10.0  # below the default wal_sender_timeout (60 s) / 2
 STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position moved
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
+SLOT_BUSY_RETRY = 1.0  # how often a standby replica tries to take the slot over
 SKIP_LOG_EVERY = 60.0
+# wal2json: WARNING:  no tuple identifier for UPDATE in table "public"."events"
+_NO_IDENTITY = re.compile(
+    r"no tuple identifier for (?P<op>\w+) in table "
+    r'"(?P<schema>(?:[^"]|"")*)"\."(?P<table>(?:[^"]|"")*)"'
+)
 READ_BATCH = 2_000  # replication messages handled per loop turn
 PUBLISH_INTERVAL = 0.25  # metrics are tallied locally and published on this period
+LAG_INTERVAL = 1.0  # how often the server's WAL position is read for the lag metric
 
 
 @dataclass(slots=True)
@@ -87,16 +97,30 @@ class Daemon:
         self.drain_timeout = drain_timeout
         self.rules = RuleSet.from_config(config)
         self.router = Router(config.pools)
+        max_queue: dict[str, int] = {}
+        for pool in config.pools.values():
+            for server in pool.servers:
+                name = node_name(server)
+                max_queue[name] = min(max_queue.get(name, pool.max_queue), pool.max_queue)
         self.channels = {
-            node: NodeChannel(node, address, on_error=self._node_error)
+            node: NodeChannel(
+                node,
+                address,
+                on_error=self._node_error,
+                on_event=self._node_event,
+                max_queue=max_queue[node],
+            )
             for node, address in self.router.addresses.items()
         }
         self.stopping = False
+        self._standing_by = False
+        self._node_logged: dict[str, tuple[float, int]] = {}
         self._deadline = 0.0
         self.skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
         self._unknown_tables: dict[TableName, TableName | None] = {}
         self._watch_partitions = False
         self._admin = Admin(self.dsn)
+        self._wal = WalPosition(self.dsn)
         self._op_results: Tally[tuple[str, str, str]] = Tally()
         self._changes: Tally[tuple[str, str]] = Tally()
 
@@ -114,6 +138,11 @@ class Daemon:
                 self._prepare()
                 self._stream()
                 delay = RECONNECT_MIN
+            except SlotBusyError as exc:
+                # Another replica streams this slot: stand by and take over promptly.
+                self._standby(str(exc))
+                self._sleep(SLOT_BUSY_RETRY)
+                delay = RECONNECT_MIN
             except SourceError as exc:
                 self.health.streaming = False
                 self.health.last_error = str(exc)
@@ -128,9 +157,22 @@ class Daemon:
         self._drain_nodes(self.drain_timeout)
         for channel in self.channels.values():
             channel.close()
+        self._wal.close()
         self.metrics.up.set(0)
         self.health.streaming = False
         return 0
+
+    def _standby(self, reason: str) -> None:
+        if not self._standing_by:
+            self.log.info(
+                "slot busy: another replica is streaming; standing by",
+                slot=self.slot,
+                detail=reason,
+            )
+        self._standing_by = True
+        self.health.streaming = False
+        self.health.last_error = f"standby: slot {self.slot} is streamed by another process"
+        self.metrics.up.set(0)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -161,12 +203,15 @@ class Daemon:
 
     def _stream(self) -> None:
         tables = None if self._watch_partitions else self.rules.tables
-        stream = ReplicationStream(self.dsn, self.slot, stream_options(tables))
+        stream = ReplicationStream(self.dsn, self.slot, stream_options(tables), self._notice)
         start = self._admin.slot_status(self.slot)
         tracker = AckTracker(
             lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
         )
         stream.open(0)  # the server resumes at the slot's confirmed position
+        if self._standing_by:
+            self.log.info("took over the slot", slot=self.slot)
+            self._standing_by = False
         self.health.streaming = True
         self.health.last_error = ""
         self.metrics.up.set(1)
@@ -185,6 +230,8 @@ class Daemon:
         wal_end = 0
         last_status = 0.0
         last_publish = 0.0
+        last_lag = 0.0
+        server_end = 0
         pg_buffered = False
         sent_position = tracker.confirmed
         metrics = self.metrics
@@ -192,8 +239,14 @@ class Daemon:
             while True:
                 now = time.monotonic()
                 self.health.last_loop = now
+                for channel in self.channels.values():
+                    channel.check_timeout(now)
                 pending = sum(c.pending for c in self.channels.values())
-                want_pg = not self.stopping and pending < MAX_PENDING
+                # Only a healthy node's full window pauses reading: an unreachable node's
+                # queue is bounded by its own overflow (flush_all on return) instead.
+                want_pg = not self.stopping and all(
+                    c.pending < NODE_WINDOW for c in self.channels.values() if c.healthy
+                )
                 if want_pg != pg_registered:
                     if want_pg:
                         selector.register(pg_fd, selectors.EVENT_READ, None)
@@ -232,8 +285,14 @@ class Daemon:
                             wal_end = max(wal_end, message.wal_end)
                             if message.reply_requested:
                                 last_status = 0.0
+                turn = time.monotonic()
                 for channel in self.channels.values():
-                    if channel.queue and channel.sock is not None and not channel.connecting:
+                    if (
+                        channel.queue
+                        and channel.sock is not None
+                        and not channel.connecting
+                        and turn >= channel.retry_at
+                    ):
                         channel.on_writable()
                 for done in tracker.advance():
                     if done.commit_time is not None:
@@ -249,7 +308,13 @@ class Daemon:
                     sent_position = tracker.confirmed
                     last_status = now
                 if now - last_publish >= PUBLISH_INTERVAL:
-                    self._publish(tracker.confirmed, wal_end)
+                    if now - last_lag >= LAG_INTERVAL:
+                        last_lag = now
+                        try:
+                            server_end = self._wal.current()
+                        except SourceError as exc:
+                            self.log.warning("lag unknown", error=str(exc))
+                    self._publish(tracker.confirmed, max(server_end, wal_end))
                     last_publish = now
         finally:
             try:
@@ -366,11 +431,54 @@ class Daemon:
         results = self._op_results
         for entry in entries:
             op = entry.op
-            results[(op.pool, op.op, entry.outcome or "ok")] += 1
+            if op is FLUSH_OP:
+                results[("*", "flush_all", entry.outcome)] += 1
+            else:
+                results[(op.pool, op.op, entry.outcome or "ok")] += 1
+
+    def _notice(self, severity: str, message: str) -> None:
+        """wal2json reports dropped changes only as notices: count and log them."""
+        match = _NO_IDENTITY.search(message)
+        if match is None:
+            self.log.info("server notice", severity=severity, message=message)
+            return
+        table = (match["schema"].replace('""', '"'), match["table"].replace('""', '"'))
+        rules = self.rules.rules_for(*table)
+        for rule in rules or ():
+            self.skips.report(
+                SkippedKey(
+                    rule.index,
+                    ".".join(table),
+                    "*",
+                    f"wal2json dropped an {match['op']}: the table has no replica identity "
+                    "(ALTER TABLE ... REPLICA IDENTITY FULL, or add a primary key)",
+                    kind="identity",
+                )
+            )
+
+    def _node_event(self, node: str, event: str, count: int, message: str) -> None:
+        if count:
+            self._op_results[("*", event, "dropped")] += count
+        self.log.warning(
+            "memcached node " + event.replace("_", " "),
+            node=node,
+            operations=count or None,
+            detail=message,
+        )
 
     def _node_error(self, node: str, reason: str) -> None:
+        # Every error is counted; a node's log lines are limited to one per second (with
+        # how many were not logged) so a failing node cannot flood the log.
         self.metrics.memcached_errors.labels(node).inc()
-        self.log.warning("memcached node error", node=node, reason=reason)
+        now = time.monotonic()
+        last, suppressed = self._node_logged.get(node, (-1.0, 0))
+        if now - last < 1.0:
+            self._node_logged[node] = (last, suppressed + 1)
+            return
+        self._node_logged[node] = (now, 0)
+        self.log.warning(
+            "memcached node error", node=node, reason=reason, suppressed=suppressed or None
+        )
 
     def _publish(self, confirmed: int, wal_end: int) -> None:
         metrics = self.metrics

@@ -64,6 +64,7 @@ def request_for(operation: Operation) -> bytes:
 _OUTCOMES: dict[bytes, Outcome] = {
     b"DELETED": "ok",
     b"STORED": "ok",
+    b"OK": "ok",  # flush_all
     b"NOT_FOUND": "not_found",
     b"NOT_STORED": "not_stored",
     b"EXISTS": "not_stored",

@@ -1,10 +1,18 @@
 """Non-blocking, pipelined connections to memcached nodes, driven by the daemon's loop.
 
-Each node has its own queue and its own socket, so a slow or dead node never holds up the
-others (no head-of-line blocking across nodes). Requests are written back to back; replies
-come back in order and complete the oldest in-flight entry. On a connection failure the
-in-flight entries go back to the front of the queue and are resent after a backoff:
-deletes and sets are idempotent, and per-key order is kept because the queue order is.
+Each node has its own queue and socket, so a slow or dead node never holds up the others.
+Requests are written back to back; replies come back in order and settle the oldest
+in-flight entry. Failures, in order of severity:
+
+* connection lost, refused, or no reply for ``request_timeout`` (a stopped process still
+  accepts TCP connections): unanswered entries go back to the front of the queue and are
+  resent after a backoff. Deletes and sets are idempotent; per-key order is queue order.
+* the node restarted (a ``stats`` handshake on every connect compares pid and start
+  time): its data is gone, so its queued work is dropped, as SPEC allows.
+* the queue of an unreachable node passes ``max_queue``: the queued entries are replaced
+  by one ``flush_all`` to send when the node answers again, so memory stays bounded and the
+  stream never waits for a dead node. The oldest dropped transaction stays open until the
+  flush is acknowledged (a barrier): the confirmed WAL position cannot pass lost work.
 """
 
 from __future__ import annotations
@@ -22,7 +30,11 @@ from .tracker import Txn
 
 MAX_WRITE = 256 * 1024
 BACKOFF_MIN = 0.05
-BACKOFF_MAX = 5.0
+BACKOFF_MAX = 2.0
+REQUEST_TIMEOUT = 2.0
+MAX_QUEUE = 100_000
+RESTART_MARGIN = 1.0  # memcached reports its start in whole seconds
+FLUSH_OP = Operation("delete", "", "", "")  # marker op of the flush_all entry
 
 
 @dataclass(slots=True, eq=False)
@@ -33,11 +45,16 @@ class Entry:
     request: bytes
     txns: list[Txn] = field(default_factory=list)
     follow_up: str = ""  # "" | "add" | "incr": the bump protocol's second and third steps
-    outcome: str = ""  # set when finished: "ok" or "not_found" (a delete of an absent key)
+    outcome: str = ""  # when finished: ok | not_found | not_stored | created | dropped
+
+
+def _settle(entry: Entry) -> None:
+    for txn in entry.txns:
+        txn.outstanding -= 1
 
 
 class NodeChannel:
-    """One node: queue → socket → in-flight FIFO → completions."""
+    """One node: queue → socket → in-flight FIFO → settled entries."""
 
     def __init__(
         self,
@@ -45,21 +62,32 @@ class NodeChannel:
         address: tuple[str, int],
         *,
         on_error: Callable[[str, str], None],
+        on_event: Callable[[str, str, int, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_queue: int = MAX_QUEUE,
     ):
         self.node = node
         self.address = address
         self.on_error = on_error
+        # (node, event, operations affected, message): rare events, always logged
+        self.on_event = on_event or (lambda node, event, count, message: None)
         self.clock = clock
+        self.request_timeout = request_timeout
+        self.max_queue = max_queue
         self.sock: socket.socket | None = None
         self.connecting = False
+        self.handshake = False
+        self.identity: tuple[int, int] | None = None  # (pid, start time) from stats
         self.queue: deque[Entry] = deque()
         self.inflight: deque[Entry] = deque()
         self.unsent_deletes: dict[str, Entry] = {}
+        self.flush: Entry | None = None
         self.outbuf = bytearray()
         self.inbuf = bytearray()
         self.retry_at = 0.0
         self.backoff = BACKOFF_MIN
+        self.last_progress = 0.0
         self.failures = 0
         self.last_error = ""
 
@@ -79,10 +107,40 @@ class NodeChannel:
         else:
             entry = Entry(op, request_for(op), [txn])
         self.queue.append(entry)
+        if len(self.queue) > self.max_queue and not self.healthy:
+            self._overflow()
 
     @property
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
+
+    @property
+    def healthy(self) -> bool:
+        """Connected and not in a failure backoff: its queue is expected to drain."""
+        return self.sock is not None and not self.connecting and self.failures == 0
+
+    def _overflow(self) -> None:
+        # Replace the unreachable node's queue by one flush_all; keep the oldest dropped
+        # transaction open until the flush is acknowledged (see the module docstring).
+        dropped = [e for e in self.queue if e is not self.flush]
+        if not dropped:
+            return
+        barrier = dropped[0].txns[0]
+        for entry in dropped:
+            _settle(entry)
+        self.queue.clear()
+        self.unsent_deletes.clear()
+        if self.flush is None:
+            barrier.outstanding += 1
+            self.flush = Entry(FLUSH_OP, b"flush_all\r\n", [barrier])
+        self.queue.append(self.flush)
+        self.on_event(
+            self.node,
+            "overflow_flush",
+            len(dropped),
+            f"queue over {self.max_queue} while unreachable: "
+            f"{len(dropped)} operations replaced by flush_all on return",
+        )
 
     # -- connection ---------------------------------------------------------------------
 
@@ -92,9 +150,8 @@ class NodeChannel:
             return True
         if self.clock() < self.retry_at:
             return False
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET, socket.SOCK_STREAM
-        )
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         code = sock.connect_ex(self.address)
@@ -104,6 +161,10 @@ class NodeChannel:
             return False
         self.sock = sock
         self.connecting = code != 0
+        # First ask who the server is: a changed pid or start time means it restarted.
+        self.handshake = True
+        self.outbuf = bytearray(b"stats\r\n")
+        self.last_progress = self.clock()
         return True
 
     def _connected(self) -> bool:
@@ -120,6 +181,7 @@ class NodeChannel:
             self.sock.close()
             self.sock = None
         self.connecting = False
+        self.handshake = False
         # Unanswered requests go back in front, in order; they will be sent again.
         while self.inflight:
             self.queue.appendleft(self.inflight.pop())
@@ -130,17 +192,85 @@ class NodeChannel:
         self.retry_at = self.clock() + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         self.on_error(self.node, reason)
+        if len(self.queue) > self.max_queue:
+            self._overflow()
+
+    def check_timeout(self, now: float) -> None:
+        """Fail the connection if requests have waited ``request_timeout`` with no reply."""
+        waiting = self.inflight or self.handshake or self.connecting
+        if self.sock is not None and waiting and now - self.last_progress > self.request_timeout:
+            self._failed(f"no reply for {self.request_timeout:g}s")
 
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
 
+    def _handshake_done(self, reply: bytes) -> None:
+        stats: dict[bytes, bytes] = {}
+        for line in reply.split(b"\r\n"):
+            parts = line.split(b" ", 2)
+            if len(parts) == 3 and parts[0] == b"STAT":
+                stats[parts[1]] = parts[2]
+        try:
+            identity = (int(stats[b"pid"]), int(stats[b"time"]) - int(stats[b"uptime"]))
+        except (KeyError, ValueError):
+            identity = None
+        previous = self.identity
+        self.handshake = False
+        self.failures = 0
+        self.backoff = BACKOFF_MIN
+        if identity is None:
+            return
+        self.identity = identity
+        restarted = previous is not None and (
+            identity[0] != previous[0] or abs(identity[1] - previous[1]) > 2
+        )
+        if restarted and previous is not None:
+            self.on_event(
+                self.node,
+                "restarted",
+                0,
+                f"restarted (pid {previous[0]} → {identity[0]}): its cache is empty",
+            )
+            self._drop_before(identity[1] - RESTART_MARGIN)
+
+    def _drop_before(self, started: float) -> None:
+        """Drop queued work of transactions that committed before the node (re)started:
+        its data is gone, so nothing they changed can be stale there. Work of later (or
+        still streaming) transactions is kept and sent."""
+        kept: deque[Entry] = deque()
+        dropped = 0
+        for entry in self.queue:
+            moot = entry is not self.flush and all(
+                txn.commit_time is not None and txn.commit_time < started for txn in entry.txns
+            )
+            if moot:
+                entry.outcome = "dropped"
+                _settle(entry)
+                dropped += 1
+                if self.unsent_deletes.get(entry.op.key) is entry:
+                    del self.unsent_deletes[entry.op.key]
+            else:
+                kept.append(entry)
+        self.queue = kept
+        if dropped:
+            self.on_event(
+                self.node,
+                "restart_dropped",
+                dropped,
+                f"{dropped} operations of transactions committed before the restart dropped",
+            )
+
     # -- I/O ----------------------------------------------------------------------------
 
     @property
     def wants_write(self) -> bool:
-        return self.sock is not None and (self.connecting or bool(self.outbuf or self.queue))
+        if self.sock is None:
+            return False
+        if self.connecting or self.outbuf:
+            return True
+        return bool(self.queue) and not self.handshake
 
     def on_writable(self) -> None:
         """Move queued requests to the socket as far as it takes them."""
@@ -163,10 +293,14 @@ class NodeChannel:
                 self._fill()
 
     def _fill(self) -> None:
+        if self.handshake:
+            return
         queue = self.queue
         inflight = self.inflight
         unsent = self.unsent_deletes
         out = self.outbuf
+        if queue and not inflight:
+            self.last_progress = self.clock()  # the timeout counts from the first request
         while queue and len(out) < MAX_WRITE:
             entry = queue.popleft()
             if entry.op.op == "delete" and unsent.get(entry.op.key) is entry:
@@ -190,10 +324,17 @@ class NodeChannel:
         if not data:
             self._failed("connection closed by the server")
             return []
+        self.last_progress = self.clock()
         self.inbuf += data
-        done: list[Entry] = []
         buf = self.inbuf
         start = 0
+        if self.handshake:
+            end = buf.find(b"END\r\n")
+            if end < 0:
+                return []
+            self._handshake_done(bytes(buf[:end]))
+            start = end + 5
+        done: list[Entry] = []
         inflight = self.inflight
         while True:
             end = buf.find(b"\r\n", start)
@@ -206,34 +347,39 @@ class NodeChannel:
                 return done
             entry = inflight.popleft()
             if self._reply(entry, line):
-                for txn in entry.txns:
-                    txn.outstanding -= 1
+                _settle(entry)
                 done.append(entry)
         del buf[:start]
         if done:
             self.backoff = BACKOFF_MIN
+            self.failures = 0
         return done
 
     def _reply(self, entry: Entry, line: bytes) -> bool:
         outcome = classify(line).outcome
         op = entry.op
-        if outcome in ("ok", "not_found") and not (op.op == "bump" and outcome == "not_found"):
+        if entry is self.flush:
+            if outcome == "ok":
+                self.flush = None
+                entry.outcome = "flushed"
+                return True
+        elif outcome in ("ok", "not_found") and not (op.op == "bump" and outcome == "not_found"):
             entry.outcome = outcome
             return True
-        if op.op == "bump" and outcome == "not_found" and entry.follow_up != "add":
+        elif op.op == "bump" and outcome == "not_found" and entry.follow_up != "add":
             # The counter does not exist: create it with 1, atomically (add).
             entry.follow_up = "add"
             entry.outcome = "created"
             entry.request = add_request(op.key.encode(), b"1")
             self.queue.appendleft(entry)
             return False
-        if op.op == "bump" and entry.follow_up == "add" and outcome == "not_stored":
+        elif op.op == "bump" and entry.follow_up == "add" and outcome == "not_stored":
             # Someone created it between our incr and add: increment theirs.
             entry.follow_up = "incr"
             entry.request = incr_request(op.key.encode())
             self.queue.appendleft(entry)
             return False
-        if outcome == "not_stored" and op.op == "refresh":
+        elif outcome == "not_stored" and op.op == "refresh":
             entry.outcome = outcome
             return True
         # An error reply (SERVER_ERROR out of memory, ...): retry later, never drop.

@@ -8,7 +8,7 @@ accepts ``START_REPLICATION`` and is then left in COPY BOTH, which the libpq wra
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .changes import int_to_lsn
+from .changes import int_to_lsn, lsn_to_int
 from .errors import SourceError
 from .redact import redact
 from .replication import Keepalive, ProtocolError, XLogData, parse_message, standby_status
@@ -56,13 +56,24 @@ def stream_options(tables: Iterable[TableName] | None) -> dict[str, str]:
     return options
 
 
+class SlotBusyError(SourceError):
+    """The slot is streamed by another process (another replica of the daemon)."""
+
+
 class ReplicationStream:
     """One START_REPLICATION session on a slot."""
 
-    def __init__(self, dsn: str, slot: str, options: Mapping[str, str]):
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        options: Mapping[str, str],
+        on_notice: Callable[[str, str], None] | None = None,
+    ):
         self.dsn = dsn
         self.slot = slot
         self.options = dict(options)
+        self.on_notice = on_notice  # (severity, message): wal2json warns through notices
         self.conn: psycopg.Connection[Any] | None = None
 
     def open(self, start_lsn: int = 0) -> None:
@@ -76,6 +87,11 @@ class ReplicationStream:
             )
         except psycopg.Error as exc:
             raise source_error("cannot open replication connection", exc) from None
+        if self.on_notice is not None:
+            handler = self.on_notice
+            self.conn.add_notice_handler(
+                lambda diag: handler(diag.severity or "", diag.message_primary or "")
+            )
         opts = ", ".join(
             f"\"{name}\" '{value.replace(chr(39), chr(39) * 2)}'"
             for name, value in self.options.items()
@@ -85,7 +101,10 @@ class ReplicationStream:
             self.conn.execute(command)
         except psycopg.Error as exc:
             self.close()
-            raise source_error(f"cannot start replication on slot {self.slot}", exc) from None
+            error = source_error(f"cannot start replication on slot {self.slot}", exc)
+            if "is active for PID" in str(exc):
+                raise SlotBusyError(str(error)) from None
+            raise error from None
 
     def fileno(self) -> int:
         assert self.conn is not None
@@ -123,6 +142,37 @@ class ReplicationStream:
             pg.flush()
         except psycopg.Error as exc:
             raise source_error("cannot send status to PostgreSQL", exc) from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+class WalPosition:
+    """The server's current WAL position, on one persistent connection (for the lag
+    metric: the replication stream's own walEnd fields are record positions)."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def current(self) -> int:
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    options=SESSION_OPTIONS,
+                )
+            row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise source_error("cannot read the WAL position", exc) from None
+        assert row is not None
+        return lsn_to_int(row[0])
 
     def close(self) -> None:
         if self.conn is not None:

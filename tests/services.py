@@ -336,6 +336,15 @@ class PostgresCluster:
             if base is not None:
                 shutil.rmtree(base, ignore_errors=True)
 
+    def restart(self) -> None:
+        """Stop the server (fast mode: connections are cut) and start it again on the same
+        port and data directory; slots, databases and data survive."""
+        if not self._running or self._base is None:
+            raise ServiceError("PostgreSQL is not running")
+        self._pg_ctl_stop(self._base)
+        self._pg_ctl_start()
+        self._wait_until_ready()
+
     def _start(self) -> None:
         self._resolve_bindir()
         for program in ("initdb", "pg_ctl", "postgres"):

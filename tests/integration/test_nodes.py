@@ -50,8 +50,14 @@ def client(node: MemcachedNode) -> Iterator[Client]:
 
 
 def channel_for(node: MemcachedNode, errors: list[str] | None = None) -> NodeChannel:
+    """A channel whose errors and rare events (restart, overflow) land in ``errors``."""
     sink = errors if errors is not None else []
-    return NodeChannel(node.server, (node.host, node.port), on_error=lambda n, r: sink.append(r))
+    return NodeChannel(
+        node.server,
+        (node.host, node.port),
+        on_error=lambda n, r: sink.append(r),
+        on_event=lambda n, event, count, message: sink.append(message),
+    )
 
 
 def delete(key: str) -> Operation:
@@ -114,4 +120,30 @@ def test_refused_connection_is_retried_with_backoff_and_work_survives(
     client.set("later", b"v", noreply=False)
     drive(channel, until=10)
     assert (txn.outstanding, client.get("later")) == (0, None)
+    channel.close()
+
+
+def test_restart_drops_work_committed_before_it_and_keeps_later_work(
+    node: MemcachedNode, client: Client
+) -> None:
+    """After a restart (new pid), queued deletes of older commits are dropped (the cache
+    is empty), while a delete for a commit made after the restart is still applied."""
+    errors: list[str] = []
+    channel = channel_for(node, errors)
+    drive_txn = Txn()
+    channel.submit(delete("warmup"), drive_txn)
+    drive(channel)
+    node.pause()
+    old, new = Txn(commit_time=time.time() - 60), Txn()
+    channel.submit(delete("old"), old)
+    drive(channel, until=0.3)
+    node.resume()
+    node.restart()
+    client.close()
+    client.set("new", b"v", noreply=False)
+    new.commit_time = time.time() + 5
+    channel.submit(delete("new"), new)
+    drive(channel, until=10)
+    assert (old.outstanding, new.outstanding, client.get("new")) == (0, 0, None)
+    assert any("restarted" in e for e in errors)
     channel.close()
