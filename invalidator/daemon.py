@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from .changes import Begin, Change, Commit, lsn_to_int
 from .config import Config
 from .errors import DecodeError, SourceError
+from .fastpath import FastPlanner
 from .metrics import Metrics
 from .nodes import FLUSH_OP, Entry, NodeChannel
-from .operations import SkippedKey
+from .operations import Operation, SkippedKey
 from .pgsource import Admin, ReplicationStream, SlotBusyError, WalPosition, stream_options
-from .placement import node_name
+from .placement import Rendezvous, node_name
 from .replication import Keepalive, XLogData
 from .rules import RuleSet, TableName, plan
 from .sink import Router
@@ -45,6 +48,7 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
 SLOT_BUSY_RETRY = 1.0  # how often a standby replica tries to take the slot over
 SKIP_LOG_EVERY = 60.0
+_ROW_ACTIONS = {b"I": "insert", b"U": "update", b"D": "delete"}
 # wal2json: WARNING:  no tuple identifier for UPDATE in table "public"."events"
 _NO_IDENTITY = re.compile(
     r"no tuple identifier for (?P<op>\w+) in table "
@@ -119,6 +123,7 @@ class Daemon:
         self.skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
         self._unknown_tables: dict[TableName, TableName | None] = {}
         self._watch_partitions = False
+        self._fast: dict[TableName, FastPlanner] = {}
         self._admin = Admin(self.dsn)
         self._wal = WalPosition(self.dsn)
         self._op_results: Tally[tuple[str, str, str]] = Tally()
@@ -198,6 +203,7 @@ class Daemon:
             self._admin.table_facts(*t).partitioned for t in watched
         )
         self._unknown_tables.clear()
+        self._build_fast_planners()
 
     # -- the stream -----------------------------------------------------------------------
 
@@ -365,6 +371,16 @@ class Daemon:
             stamp = event.timestamp if isinstance(event, Commit) else None
             tracker.commit(txn, message.data_start, commit_epoch(stamp))
             return None
+        if kind in _ROW_ACTIONS and txn is not None and b'"type":"numeric' not in payload:
+            record = orjson.loads(payload)
+            planner = self._fast.get((record.get("schema"), record.get("table")))
+            if planner is not None:
+                change_kind = _ROW_ACTIONS[kind]
+                pairs = planner.keys(record, change_kind)
+                if pairs is not None:
+                    self._changes[(planner.table, change_kind)] += 1
+                    self._submit_deletes(pairs, planner.table, txn)
+                    return txn
         try:
             event = decode_v2(payload)
         except DecodeError as exc:
@@ -393,6 +409,28 @@ class Daemon:
         for routed in self.router.route(result.operations):
             channels[routed.node].submit(routed.operation, txn)
 
+    def _submit_deletes(self, pairs: list[tuple[str, str]], table: str, txn: Txn) -> None:
+        placements = self.router.placements
+        channels = self.channels
+        for pool, key in pairs:
+            op = Operation("delete", key, pool, table)
+            key_bytes = key.encode()
+            placement = placements[pool]
+            if isinstance(placement, Rendezvous) and not placement.fallback_depth:
+                channels[placement.owner(key)].submit_delete(op, key_bytes, txn)
+                continue
+            for node in placement.owners(key):
+                channels[node].submit_delete(op, key_bytes, txn)
+
+    def _build_fast_planners(self) -> None:
+        """Compile a FastPlanner for every table (and partition alias) with delete rules."""
+        self._fast = {}
+        names = list(self.rules.by_table) + list(self.rules.aliases)
+        for name in names:
+            rules = self.rules.rules_for(*name)
+            if FastPlanner.eligible(rules):
+                self._fast[name] = FastPlanner(rules, ".".join(name))
+
     def _resolve_partition(self, name: TableName) -> None:
         if name in self._unknown_tables:
             return
@@ -410,6 +448,8 @@ class Daemon:
         self._unknown_tables[name] = parent
         if parent is not None:
             self.rules.aliases[name] = parent
+            if FastPlanner.eligible(self.rules.rules_for(*name)):
+                self._fast[name] = FastPlanner(self.rules.rules_for(*name), ".".join(name))
             self.log.info(
                 "new partition watched", partition=".".join(name), parent=".".join(parent)
             )

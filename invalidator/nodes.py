@@ -110,6 +110,19 @@ class NodeChannel:
         if len(self.queue) > self.max_queue and not self.healthy:
             self._overflow()
 
+    def submit_delete(self, op: Operation, key_bytes: bytes, txn: Txn) -> None:
+        """``submit`` for a delete whose key is already encoded (the hot path)."""
+        txn.outstanding += 1
+        entry = self.unsent_deletes.get(op.key)
+        if entry is not None:
+            entry.txns.append(txn)
+            return
+        entry = Entry(op, b"delete " + key_bytes + b"\r\n", [txn])
+        self.unsent_deletes[op.key] = entry
+        self.queue.append(entry)
+        if len(self.queue) > self.max_queue and not self.healthy:
+            self._overflow()
+
     @property
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
