@@ -349,20 +349,29 @@ class NodeChannel:
             start = end + 5
         done: list[Entry] = []
         inflight = self.inflight
-        while True:
-            end = buf.find(b"\r\n", start)
-            if end < 0:
-                break
-            line = bytes(buf[start:end])
-            start = end + 2
+        data = bytes(buf[start:])
+        lines = data.split(b"\r\n")
+        rest = lines.pop()  # an incomplete line (or b"")
+        flush = self.flush
+        for line in lines:
             if not inflight:
                 self._failed(f"unexpected reply {line[:40]!r}")
                 return done
             entry = inflight.popleft()
-            if self._reply(entry, line):
-                _settle(entry)
-                done.append(entry)
-        del buf[:start]
+            # The common case inline: a plain delete answered DELETED or NOT_FOUND.
+            if entry.op.op == "delete" and entry is not flush:
+                if line == b"NOT_FOUND":
+                    entry.outcome = "not_found"
+                elif line == b"DELETED":
+                    entry.outcome = "ok"
+                elif not self._reply(entry, line):
+                    continue
+            elif not self._reply(entry, line):
+                continue
+            for txn in entry.txns:
+                txn.outstanding -= 1
+            done.append(entry)
+        self.inbuf = bytearray(rest)
         if done:
             self.backoff = BACKOFF_MIN
             self.failures = 0
