@@ -112,6 +112,17 @@ class SourceConfig(_Model):
 class DiscoverConfig(_Model):
     srv: str
     every: Duration = 10.0
+    # After a membership change, delete on old and new owners for this long.
+    grace: Duration = 60.0
+    # DNS servers as host:port; default: the system's (/etc/resolv.conf).
+    nameservers: tuple[str, ...] | None = None
+
+    @field_validator("nameservers")
+    @classmethod
+    def _nameservers(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for server in value or ():
+            parse_server(server)
+        return value
 
 
 class PoolConfig(_Model):

@@ -26,7 +26,8 @@ from typing import Any
 import orjson
 
 from .changes import Begin, Change, Commit, lsn_to_int
-from .config import Config
+from .config import Config, parse_server
+from .discovery import DiscoveryError, GracePlacement, Member, resolve
 from .errors import DecodeError, SourceError
 from .fastpath import FastPlanner
 from .metrics import Metrics
@@ -101,21 +102,12 @@ class Daemon:
         self.drain_timeout = drain_timeout
         self.rules = RuleSet.from_config(config)
         self.router = Router(config.pools)
-        max_queue: dict[str, int] = {}
+        self.channels: dict[str, NodeChannel] = {}
         for pool in config.pools.values():
             for server in pool.servers:
-                name = node_name(server)
-                max_queue[name] = min(max_queue.get(name, pool.max_queue), pool.max_queue)
-        self.channels = {
-            node: NodeChannel(
-                node,
-                address,
-                on_error=self._node_error,
-                on_event=self._node_event,
-                max_queue=max_queue[node],
-            )
-            for node, address in self.router.addresses.items()
-        }
+                self._ensure_channel(node_name(server), parse_server(server), pool.max_queue)
+        self._discovered: dict[str, list[Member]] = {}
+        self._next_discovery = 0.0
         self.stopping = False
         self._standing_by = False
         self._node_logged: dict[str, tuple[float, int]] = {}
@@ -128,6 +120,93 @@ class Daemon:
         self._wal = WalPosition(self.dsn)
         self._op_results: Tally[tuple[str, str, str]] = Tally()
         self._changes: Tally[tuple[str, str]] = Tally()
+
+    def _ensure_channel(self, node: str, address: tuple[str, int], max_queue: int) -> None:
+        channel = self.channels.get(node)
+        if channel is None:
+            self.channels[node] = NodeChannel(
+                node,
+                address,
+                on_error=self._node_error,
+                on_event=self._node_event,
+                max_queue=max_queue,
+            )
+            self.router.addresses[node] = address
+            return
+        channel.max_queue = min(channel.max_queue, max_queue)
+        if channel.address != address:
+            # The pod behind the stable name moved: reconnect to its new address.
+            channel.address = address
+            self.router.addresses[node] = address
+            channel.close()
+
+    # -- discovery ------------------------------------------------------------------------
+
+    def _discover(self, *, initial: bool) -> None:
+        """Resolve every discovered pool; on a change rebuild placement (with a grace period
+        on the old owners). Initially a failure is fatal for this attempt; later the last
+        known membership is kept."""
+        now = time.monotonic()
+        every = []
+        for name, pool in self.config.pools.items():
+            if pool.discover is None:
+                continue
+            every.append(pool.discover.every)
+            try:
+                members = resolve(pool.discover.srv, pool.discover.nameservers)
+            except DiscoveryError as exc:
+                if initial and name not in self._discovered:
+                    raise SourceError(str(exc)) from None
+                self.log.warning(
+                    "discovery failed; keeping the last membership", pool=name, error=str(exc)
+                )
+                continue
+            if not members:
+                self.log.warning(
+                    "discovery found no nodes; keeping the last membership",
+                    pool=name,
+                    srv=pool.discover.srv,
+                )
+                if initial and name not in self._discovered:
+                    raise SourceError(f"discover {pool.discover.srv}: no nodes")
+                continue
+            self._apply_membership(name, members, pool.discover.grace, now)
+        for pool_name, placement in list(self.router.placements.items()):
+            if isinstance(placement, GracePlacement) and placement.expired:
+                self.router.placements[pool_name] = placement.new
+        self._next_discovery = now + (min(every) if every else float("inf"))
+
+    def _apply_membership(self, pool: str, members: list[Member], grace: float, now: float) -> None:
+        if self._discovered.get(pool) == members:
+            return
+        config = self.config.pools[pool]
+        previous = self._discovered.get(pool)
+        self._discovered[pool] = members
+        for member in members:
+            self._ensure_channel(member.name, member.address, config.max_queue)
+        new = Rendezvous([m.name for m in members], config.fallback_depth)
+        old = self.router.placements.get(pool)
+        if isinstance(old, GracePlacement):
+            old = old.new
+        self.router.placements[pool] = (
+            GracePlacement(new, old, now + grace) if old is not None else new
+        )
+        names = {m.name for m in members}
+        used = {n for p in self.router.placements.values() for n in p.nodes}
+        for node in [n for n in self.channels if n not in used]:
+            # Removed from every pool: whatever it held is no longer read by anyone.
+            channel = self.channels.pop(node)
+            dropped = channel.drop_all()
+            channel.close()
+            self.router.addresses.pop(node, None)
+            self.log.info("memcached node removed", node=node, dropped_operations=dropped)
+        self.log.info(
+            "pool membership",
+            pool=pool,
+            nodes=sorted(names),
+            previous=sorted(m.name for m in previous) if previous else None,
+            grace_seconds=grace if old is not None else None,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -186,6 +265,7 @@ class Daemon:
             self.health.last_loop = time.monotonic()
 
     def _prepare(self) -> None:
+        self._discover(initial=True)
         if self.config.source.create_slot:
             if self._admin.create_slot(self.slot):
                 self.log.info("replication slot created", slot=self.slot)
@@ -245,6 +325,8 @@ class Daemon:
             while True:
                 now = time.monotonic()
                 self.health.last_loop = now
+                if now >= self._next_discovery:
+                    self._discover(initial=False)
                 for channel in self.channels.values():
                     channel.check_timeout(now)
                 pending = sum(c.pending for c in self.channels.values())

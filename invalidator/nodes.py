@@ -123,6 +123,18 @@ class NodeChannel:
         if len(self.queue) > self.max_queue and not self.healthy:
             self._overflow()
 
+    def drop_all(self) -> int:
+        """The node left the pool: settle everything queued or in flight for it."""
+        entries = list(self.inflight) + list(self.queue)
+        self.inflight.clear()
+        self.queue.clear()
+        self.unsent_deletes.clear()
+        self.flush = None
+        for entry in entries:
+            entry.outcome = "dropped"
+            _settle(entry)
+        return len(entries)
+
     @property
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and the demo need, only when missing.
-# PostgreSQL 15 with wal2json, memcached, and runuser (util-linux) to run PostgreSQL
+# PostgreSQL 15 with wal2json, memcached, dnsmasq (a real DNS server for the discovery
+# tests), and runuser (util-linux) to run PostgreSQL
 # unprivileged when we are root.
 set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux; do
+for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux dnsmasq-base; do
     have_pkg "$pkg" || need+=("$pkg")
 done
 if ((${#need[@]} == 0)); then
