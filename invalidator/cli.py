@@ -132,6 +132,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.exists else 1
 
 
+def cmd_warm(args: argparse.Namespace) -> int:
+    from .warm import warm
+
+    config = _load(args)
+    if not config.warm:
+        print("warm: no `warm:` entries in the configuration", file=sys.stderr)
+        return 2
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results = warm(config, progress=progress)
+    for r in results:
+        print(
+            f"{r.name}: {r.rows:,} rows, {r.written:,} keys written, {r.skipped:,} skipped, "
+            f"{r.failed:,} failed in {r.seconds:.1f}s"
+        )
+    return 1 if any(r.failed for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invalidator",
@@ -178,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("setup", cmd_setup, "create the replication slot"),
         ("teardown", cmd_teardown, "drop the replication slot"),
         ("status", cmd_status, "where the slot stands: active, confirmed LSN, WAL retained, lag"),
+        ("warm", cmd_warm, "pre-populate keys from the `warm:` queries (the cache-warmer job)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", help=CONFIG_HELP)

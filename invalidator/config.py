@@ -205,6 +205,23 @@ class RuleConfig(_Model):
         return f"{self.schema_name}.{self.table}"
 
 
+class WarmConfig(_Model):
+    """One cache-warming query: every row it returns is written to ``key``."""
+
+    name: str | None = None
+    query: str = Field(min_length=1)
+    key: KeyTemplate
+    value: ValueConfig
+    ttl: int | None = Field(None, ge=0)
+    pool: str = "default"
+
+    @model_validator(mode="after")
+    def _json_value(self) -> WarmConfig:
+        if self.value.json_columns is None:
+            raise ValueError("warm values are built from the query's columns: use value.json")
+        return self
+
+
 class HttpConfig(_Model):
     listen: str = "0.0.0.0:9464"
 
@@ -231,9 +248,13 @@ class Config(_Model):
     rules: tuple[RuleConfig, ...] = Field(min_length=1)
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
+    warm: tuple[WarmConfig, ...] = ()
 
     @model_validator(mode="after")
     def _pools_exist(self) -> Config:
+        for i, entry in enumerate(self.warm):
+            if entry.pool not in self.pools:
+                raise ValueError(f"warm[{i}]: pool: unknown pool {entry.pool!r}")
         for i, rule in enumerate(self.rules):
             if rule.pool not in self.pools:
                 known = ", ".join(sorted(self.pools)) or "none"

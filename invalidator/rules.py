@@ -106,7 +106,8 @@ class RuleSet:
         return rules
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """json.dumps fallback for values psycopg returns that json cannot serialise."""
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
@@ -215,7 +216,7 @@ def _apply_rule(
                 op = "delete"
             else:
                 doc = {c: new[c] for c in rule.json_columns}
-                value = json.dumps(doc, default=_json_default).encode()
+                value = json.dumps(doc, default=json_default).encode()
                 ttl = rule.ttl
     for template in rule.templates:
         for image_name, row in images:
