@@ -35,6 +35,7 @@ from .nodes import FLUSH_OP, Entry, NodeChannel
 from .operations import Operation, SkippedKey
 from .pgsource import Admin, ReplicationStream, SlotBusyError, WalPosition, stream_options
 from .placement import Rendezvous, node_name
+from .redelete import RedeleteScheduler
 from .replication import Keepalive, XLogData
 from .rules import RuleSet, TableName, plan
 from .sink import Router
@@ -116,6 +117,7 @@ class Daemon:
         self._unknown_tables: dict[TableName, TableName | None] = {}
         self._watch_partitions = False
         self._fast: dict[TableName, FastPlanner] = {}
+        self._redeletes = RedeleteScheduler()
         self._admin = Admin(self.dsn)
         self._wal = WalPosition(self.dsn)
         self._op_results: Tally[tuple[str, str, str]] = Tally()
@@ -327,6 +329,9 @@ class Daemon:
                 self.health.last_loop = now
                 if now >= self._next_discovery:
                     self._discover(initial=False)
+                if self._redeletes:
+                    for pool, node, cache_key in self._redeletes.pop_due(now):
+                        self._send_redelete(pool, node, cache_key)
                 for channel in self.channels.values():
                     channel.check_timeout(now)
                 pending = sum(c.pending for c in self.channels.values())
@@ -345,6 +350,9 @@ class Daemon:
                     break
                 self._register_nodes(selector, registered, now)
                 timeout = 0.0 if any(c.wants_write for c in self.channels.values()) else 0.2
+                next_redelete = self._redeletes.next_due() if self._redeletes else None
+                if next_redelete is not None:
+                    timeout = min(timeout, max(0.0, next_redelete - now))
                 if tracker.confirmed != sent_position:
                     # A status update deferred by the rate limit is due soon: wake for it.
                     timeout = min(timeout, max(0.0, last_status + STATUS_MIN_GAP - now))
@@ -461,7 +469,7 @@ class Daemon:
                 pairs = planner.keys(record, change_kind)
                 if pairs is not None:
                     self._changes[(planner.table, change_kind)] += 1
-                    self._submit_deletes(pairs, planner.table, txn)
+                    self._submit_deletes(pairs, planner.table, txn, planner.redelete)
                     return txn
         try:
             event = decode_v2(payload)
@@ -488,21 +496,44 @@ class Daemon:
         if not result.operations:
             return
         channels = self.channels
+        rules = self.rules.rules
+        now = time.monotonic()
         for routed in self.router.route(result.operations):
-            channels[routed.node].submit(routed.operation, txn)
+            op = routed.operation
+            channels[routed.node].submit(op, txn)
+            delay = rules[op.rule].redelete
+            if delay and op.op != "bump":
+                self._schedule_redelete((op.pool, routed.node, op.key), now + delay, op.table)
 
-    def _submit_deletes(self, pairs: list[tuple[str, str]], table: str, txn: Txn) -> None:
+    def _submit_deletes(
+        self, pairs: list[tuple[str, str]], table: str, txn: Txn, redelete: float | None
+    ) -> None:
         placements = self.router.placements
         channels = self.channels
+        due = time.monotonic() + redelete if redelete else 0.0
         for pool, key in pairs:
             op = Operation("delete", key, pool, table)
             key_bytes = key.encode()
             placement = placements[pool]
             if isinstance(placement, Rendezvous) and not placement.fallback_depth:
-                channels[placement.owner(key)].submit_delete(op, key_bytes, txn)
-                continue
-            for node in placement.owners(key):
+                nodes: tuple[str, ...] = (placement.owner(key),)
+            else:
+                nodes = placement.owners(key)
+            for node in nodes:
                 channels[node].submit_delete(op, key_bytes, txn)
+                if redelete:
+                    self._schedule_redelete((pool, node, key), due, table)
+
+    def _schedule_redelete(self, target: tuple[str, str, str], due: float, table: str) -> None:
+        for pool, node, key in self._redeletes.schedule(target, due):
+            self._send_redelete(pool, node, key, table)
+
+    def _send_redelete(self, pool: str, node: str, key: str, table: str = "") -> None:
+        channel = self.channels.get(node)
+        if channel is not None and channel.submit_redelete(
+            Operation("delete", key, pool, table or "redelete")
+        ):
+            self._op_results[(pool, "redelete", "sent")] += 1
 
     def _build_fast_planners(self) -> None:
         """Compile a FastPlanner for every table (and partition alias) with delete rules."""

@@ -52,10 +52,11 @@ def _row(columns: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class FastPlanner:
     """Delete-only rules of one table, compiled."""
 
-    __slots__ = ("kinds", "renderers", "table")
+    __slots__ = ("kinds", "redelete", "renderers", "table")
 
     def __init__(self, rules: Sequence[CompiledRule], table: str):
         self.table = table  # "schema.table" as the change reports it (metrics, operations)
+        self.redelete = rules[0].redelete if rules else None
         self.renderers: list[tuple[str, Renderer]] = []
         kinds: set[str] = set()
         for rule in rules:
@@ -69,7 +70,10 @@ class FastPlanner:
 
     @staticmethod
     def eligible(rules: Sequence[CompiledRule]) -> bool:
-        return bool(rules) and all(r.action == "delete" and r.when_changed is None for r in rules)
+        return bool(rules) and all(
+            r.action == "delete" and r.when_changed is None and r.redelete == rules[0].redelete
+            for r in rules
+        )
 
     def keys(self, record: dict[str, Any], kind: str) -> list[tuple[str, str]] | None:
         """The (pool, key) deletes for ``record`` (deduplicated, rule order), or None."""

@@ -135,6 +135,15 @@ class NodeChannel:
             _settle(entry)
         return len(entries)
 
+    def submit_redelete(self, op: Operation) -> bool:
+        """A second delete that no transaction waits for; False if one is already queued."""
+        if op.key in self.unsent_deletes:
+            return False  # an unsent delete of this key will run later anyway
+        entry = Entry(op, b"delete " + op.key.encode() + b"\r\n", [])
+        self.unsent_deletes[op.key] = entry
+        self.queue.append(entry)
+        return True
+
     @property
     def pending(self) -> int:
         return len(self.queue) + len(self.inflight)
@@ -150,14 +159,16 @@ class NodeChannel:
         dropped = [e for e in self.queue if e is not self.flush]
         if not dropped:
             return
-        barrier = dropped[0].txns[0]
+        # The oldest transaction with dropped work (re-deletes carry none) holds the line.
+        barrier = next((e.txns[0] for e in dropped if e.txns), None)
         for entry in dropped:
             _settle(entry)
         self.queue.clear()
         self.unsent_deletes.clear()
         if self.flush is None:
-            barrier.outstanding += 1
-            self.flush = Entry(FLUSH_OP, b"flush_all\r\n", [barrier])
+            if barrier is not None:
+                barrier.outstanding += 1
+            self.flush = Entry(FLUSH_OP, b"flush_all\r\n", [barrier] if barrier else [])
         self.queue.append(self.flush)
         self.on_event(
             self.node,

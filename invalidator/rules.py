@@ -35,6 +35,7 @@ class CompiledRule:
     when_changed: tuple[str, ...] | None
     json_columns: tuple[str, ...] | None
     ttl: int
+    redelete: float | None = None  # seconds: delete again after this (race guard)
 
     @property
     def qualified_table(self) -> str:
@@ -49,7 +50,7 @@ class CompiledRule:
         return frozenset(names)
 
 
-def compile_rule(index: int, rule: RuleConfig) -> CompiledRule:
+def compile_rule(index: int, rule: RuleConfig, pool_redelete: float | None = None) -> CompiledRule:
     json_columns = rule.value.json_columns if rule.value is not None else None
     return CompiledRule(
         index=index,
@@ -62,6 +63,7 @@ def compile_rule(index: int, rule: RuleConfig) -> CompiledRule:
         when_changed=rule.when_changed,
         json_columns=json_columns,
         ttl=rule.ttl or 0,
+        redelete=rule.redelete_after if rule.redelete_after is not None else pool_redelete,
     )
 
 
@@ -81,7 +83,12 @@ class RuleSet:
 
     @classmethod
     def from_config(cls, config: Config) -> RuleSet:
-        return cls(tuple(compile_rule(i, r) for i, r in enumerate(config.rules)))
+        return cls(
+            tuple(
+                compile_rule(i, r, config.pools[r.pool].redelete_after)
+                for i, r in enumerate(config.rules)
+            )
+        )
 
     @property
     def tables(self) -> tuple[TableName, ...]:
