@@ -133,6 +133,8 @@ class PoolConfig(_Model):
     # Operations queued for an unreachable node before they are replaced by one flush_all
     # (sent when it answers again): bounds memory and never stalls the stream.
     max_queue: int = Field(100_000, ge=100)
+    # TTL policies by data type (as in the seed guide), used as `ttl: <name>` in rules.
+    ttls: Mapping[str, int] = Field(default_factory=dict)
     redelete_after: Duration | None = None
 
     @field_validator("servers")
@@ -179,9 +181,19 @@ class RuleConfig(_Model):
     action: Action = "delete"
     when_changed: tuple[str, ...] | None = None
     value: ValueConfig | None = None
-    ttl: int | None = Field(None, ge=0)
+    ttl: int | str | None = None  # seconds, or the name of one of the pool's ttls
     pool: str = "default"
     redelete_after: Duration | None = None
+    # What a TRUNCATE does (with "truncate" in on): flush the pool's nodes, bump the
+    # counter (bump rules), or only warn. Default: flush for delete/refresh, bump for bump.
+    truncate: Literal["flush", "bump", "warn"] | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("ttl must not be negative")
+        return value
 
     @field_validator("on")
     @classmethod
@@ -198,7 +210,17 @@ class RuleConfig(_Model):
             raise ValueError(f"'value' only applies to action 'refresh', not {self.action!r}")
         if self.when_changed is not None and "update" not in self.on:
             raise ValueError("'when_changed' applies to updates but 'on' has no 'update'")
+        if self.truncate is not None and "truncate" not in self.on:
+            raise ValueError("'truncate' applies to truncates but 'on' has no 'truncate'")
+        if self.truncate == "bump" and self.action != "bump":
+            raise ValueError("truncate: bump needs action: bump")
         return self
+
+    @property
+    def truncate_policy(self) -> str:
+        if self.truncate is not None:
+            return self.truncate
+        return "bump" if self.action == "bump" else "flush"
 
     @property
     def qualified_table(self) -> str:
@@ -256,6 +278,13 @@ class Config(_Model):
             if entry.pool not in self.pools:
                 raise ValueError(f"warm[{i}]: pool: unknown pool {entry.pool!r}")
         for i, rule in enumerate(self.rules):
+            pool = self.pools.get(rule.pool)
+            if isinstance(rule.ttl, str) and pool is not None and rule.ttl not in pool.ttls:
+                known = ", ".join(sorted(pool.ttls)) or "none defined"
+                raise ValueError(
+                    f"rules[{i}] (table {rule.qualified_table}): ttl: unknown TTL policy "
+                    f"{rule.ttl!r} of pool {rule.pool!r} ({known})"
+                )
             if rule.pool not in self.pools:
                 known = ", ".join(sorted(self.pools)) or "none"
                 raise ValueError(

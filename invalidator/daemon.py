@@ -502,7 +502,7 @@ class Daemon:
             op = routed.operation
             channels[routed.node].submit(op, txn)
             delay = rules[op.rule].redelete
-            if delay and op.op != "bump":
+            if delay and op.op == "delete":
                 self._schedule_redelete((op.pool, routed.node, op.key), now + delay, op.table)
 
     def _submit_deletes(

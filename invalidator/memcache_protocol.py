@@ -58,6 +58,8 @@ def request_for(operation: Operation) -> bytes:
         return delete_request(key)
     if operation.op == "refresh":
         return set_request(key, operation.value or b"", operation.ttl)
+    if operation.op == "flush":
+        return b"flush_all\r\n"
     return incr_request(key)
 
 

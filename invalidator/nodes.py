@@ -388,13 +388,18 @@ class NodeChannel:
                 elif line == b"DELETED":
                     entry.outcome = "ok"
                 elif not self._reply(entry, line):
+                    if self.sock is None:
+                        return done  # the connection was failed: the rest is resent
                     continue
             elif not self._reply(entry, line):
+                if self.sock is None:
+                    return done
                 continue
             for txn in entry.txns:
                 txn.outstanding -= 1
             done.append(entry)
-        self.inbuf = bytearray(rest)
+        if self.sock is not None:
+            self.inbuf = bytearray(rest)
         if done:
             self.backoff = BACKOFF_MIN
             self.failures = 0
@@ -427,8 +432,9 @@ class NodeChannel:
         elif outcome == "not_stored" and op.op == "refresh":
             entry.outcome = outcome
             return True
-        # An error reply (SERVER_ERROR out of memory, ...): retry later, never drop.
-        self.on_error(self.node, f"{op.op} {op.key}: {line[:80].decode('latin-1')}")
-        self.queue.appendleft(entry)
-        self.retry_at = self.clock() + self.backoff
+        # An error reply (SERVER_ERROR out of memory, ...): retry later, never drop. Fail
+        # the connection so this and every later unanswered request are resent in their
+        # original order: a refresh must never be overtaken by an older value.
+        self.inflight.appendleft(entry)
+        self._failed(f"{op.op} {op.key}: {line[:80].decode('latin-1')}")
         return False

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-OpName = Literal["delete", "refresh", "bump"]
+OpName = Literal["delete", "refresh", "bump", "flush"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +16,8 @@ class Operation:
     """One thing to do to one key of one pool.
 
     ``refresh`` carries ``value`` (bytes as the app stores them) and ``ttl`` (seconds,
-    0 = no expiry); ``bump`` increments a generation counter at ``key``.
+    0 = no expiry); ``bump`` increments a generation counter at ``key``; ``flush`` empties
+    every node of the pool (a truncate, whose keys cannot be listed).
     """
 
     op: OpName

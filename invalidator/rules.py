@@ -36,6 +36,7 @@ class CompiledRule:
     json_columns: tuple[str, ...] | None
     ttl: int
     redelete: float | None = None  # seconds: delete again after this (race guard)
+    truncate: str = "flush"  # flush | bump | warn
 
     @property
     def qualified_table(self) -> str:
@@ -50,7 +51,12 @@ class CompiledRule:
         return frozenset(names)
 
 
-def compile_rule(index: int, rule: RuleConfig, pool_redelete: float | None = None) -> CompiledRule:
+def compile_rule(
+    index: int,
+    rule: RuleConfig,
+    pool_redelete: float | None = None,
+    ttls: Mapping[str, int] | None = None,
+) -> CompiledRule:
     json_columns = rule.value.json_columns if rule.value is not None else None
     return CompiledRule(
         index=index,
@@ -62,7 +68,8 @@ def compile_rule(index: int, rule: RuleConfig, pool_redelete: float | None = Non
         pool=rule.pool,
         when_changed=rule.when_changed,
         json_columns=json_columns,
-        ttl=rule.ttl or 0,
+        ttl=(ttls or {}).get(rule.ttl, 0) if isinstance(rule.ttl, str) else (rule.ttl or 0),
+        truncate=rule.truncate_policy,
         redelete=rule.redelete_after if rule.redelete_after is not None else pool_redelete,
     )
 
@@ -85,7 +92,7 @@ class RuleSet:
     def from_config(cls, config: Config) -> RuleSet:
         return cls(
             tuple(
-                compile_rule(i, r, config.pools[r.pool].redelete_after)
+                compile_rule(i, r, config.pools[r.pool].redelete_after, config.pools[r.pool].ttls)
                 for i, r in enumerate(config.rules)
             )
         )
@@ -131,6 +138,39 @@ def _changed(old: Row | None, new: Row, columns: Sequence[str]) -> bool:
     return False
 
 
+def _truncate(matched: Sequence[CompiledRule], table: str, lsn: str | None) -> Plan:
+    """A truncate's keys cannot be listed: flush the pool, bump a counter, or report."""
+    operations: list[Operation] = []
+    skipped: list[SkippedKey] = []
+    flushed: set[str] = set()
+    for rule in matched:
+        policy = rule.truncate if "truncate" in rule.on else "warn"
+        if policy == "flush":
+            if rule.pool not in flushed:
+                flushed.add(rule.pool)
+                operations.append(Operation("flush", "", rule.pool, table, lsn, rule=rule.index))
+            continue
+        for template in rule.templates:
+            if policy == "bump" and not template.columns:
+                operations.append(
+                    Operation(
+                        "bump",
+                        template.source.replace("{{", "{").replace("}}", "}"),
+                        rule.pool,
+                        table,
+                        lsn,
+                        rule=rule.index,
+                    )
+                )
+                continue
+            reason = (
+                "table truncated: its keys cannot be listed (on: [truncate] with "
+                "truncate: flush or bump acts on it)"
+            )
+            skipped.append(SkippedKey(rule.index, table, template.source, reason, lsn, "truncate"))
+    return Plan(tuple(operations), tuple(skipped))
+
+
 def plan(change: Change, rules: RuleSet) -> Plan:
     """Every operation the rules want for ``change``, deduplicated, in rule order."""
     matched = rules.rules_for(change.schema, change.table)
@@ -140,21 +180,7 @@ def plan(change: Change, rules: RuleSet) -> Plan:
     table = change.qualified_table
     lsn = change.lsn
     if kind == "truncate":
-        return Plan(
-            (),
-            tuple(
-                SkippedKey(
-                    r.index,
-                    table,
-                    t.source,
-                    "table truncated: its keys cannot be listed",
-                    lsn,
-                    "truncate",
-                )
-                for r in matched
-                for t in r.templates
-            ),
-        )
+        return _truncate(matched, table, lsn)
     new = change.new
     old = change.old
     if kind == "update" and new is not None and old is not None:

@@ -63,7 +63,9 @@ class Router:
         placements = self.placements
         routed: list[Routed] = []
         for op in operations:
-            for node in placements[op.pool].owners(op.key):
+            placement = placements[op.pool]
+            nodes = placement.nodes if op.op == "flush" else placement.owners(op.key)
+            for node in nodes:
                 routed.append(Routed(op, node))
         return routed
 

@@ -169,3 +169,21 @@ def test_on_is_a_field_not_a_yaml_boolean(tmp_path: Path) -> None:
         )
     )
     assert config.rules[0].on == ("delete",)
+
+
+def test_unknown_ttl_policy_is_an_error(tmp_path: Path) -> None:
+    """A rule naming a TTL policy its pool does not define: one line, with the known ones."""
+    path = write(tmp_path, VALID.replace("    ttl: 1800", "    ttl: catalogue"))
+    assert error_of(path) == (
+        f"{path}: rules[1] (table public.products): ttl: unknown TTL policy 'catalogue' "
+        "of pool 'default' (none defined)"
+    )
+
+
+def test_truncate_policy_needs_truncate_in_on(tmp_path: Path) -> None:
+    """`truncate:` without `on: [truncate]` is refused rather than silently ignored."""
+    path = write(tmp_path, VALID.replace("    ttl: 1800", "    ttl: 1800\n    truncate: flush"))
+    assert error_of(path) == (
+        f"{path}: rules[1] (table public.products): 'truncate' applies to truncates but "
+        "'on' has no 'truncate'"
+    )

@@ -147,9 +147,18 @@ def test_toast_unchanged_column_absent_and_spaces_refused(
     assert keys(replay(capsys, "toast.jsonl")) == ["doc:1", "doc:1", "doc:1"]
 
 
-def test_truncate_plans_nothing_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
-    """Rows before the truncate are planned; the truncate itself lists no keys."""
-    assert keys(replay(capsys, "truncate.jsonl")) == [
+def test_truncate_flushes_pools_of_rules_that_ask_and_reports_the_others(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """orders has truncate in `on` (default policy: flush its pool's nodes); users does not,
+    so its truncate is only reported."""
+    code = main(["replay", "--config", RULES, str(FIXTURES / "truncate.jsonl")])
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 0
+    deletes = [r["key"] for r in records if r["op"] == "delete"]
+    flushes = [(r["node"], r["table"]) for r in records if r["op"] == "flush"]
+    assert deletes == [
         "user:1",
         "user_by_email:alice@example.com",
         "user:2",
@@ -157,6 +166,8 @@ def test_truncate_plans_nothing_and_reports(capsys: pytest.CaptureFixture[str]) 
         "order:1",
         "order:2",
     ]
+    assert flushes == [(node, "public.orders") for node in APP.clients]
+    assert "table truncated" in captured.err and "public.users" in captured.err
 
 
 def test_logical_messages_are_ignored(capsys: pytest.CaptureFixture[str]) -> None:

@@ -187,3 +187,65 @@ def test_refresh_on_delete_deletes() -> None:
     )
     ops = plan(Change("delete", "public", "products", old={"id": 7}), rules).operations
     assert [(op.op, op.key) for op in ops] == [("delete", "product:7")]
+
+
+def test_truncate_with_flush_policy_flushes_the_pool_once() -> None:
+    """Default policy of a delete rule with truncate in `on`: one flush of its pool."""
+    rules = ruleset(
+        {**USERS, "on": ["insert", "truncate"]},
+        {"table": "users", "keys": ["u2:{id}"], "on": ["truncate"]},
+    )
+    result = plan(Change("truncate", "public", "users"), rules)
+    assert [(op.op, op.pool) for op in result.operations] == [("flush", "default")]
+    assert result.skipped == ()
+
+
+def test_truncate_of_a_bump_rule_bumps_its_counter() -> None:
+    """A generation counter (a template without columns) is bumped on truncate."""
+    rules = ruleset(
+        {
+            "table": "users",
+            "keys": ["gen:users"],
+            "action": "bump",
+            "on": ["insert", "update", "delete", "truncate"],
+        }
+    )
+    ops = plan(Change("truncate", "public", "users"), rules).operations
+    assert [(op.op, op.key) for op in ops] == [("bump", "gen:users")]
+
+
+def test_truncate_with_warn_policy_only_reports() -> None:
+    """truncate: warn plans nothing and reports every template."""
+    rules = ruleset({**USERS, "on": ["truncate"], "truncate": "warn"})
+    result = plan(Change("truncate", "public", "users"), rules)
+    assert (result.operations, [s.kind for s in result.skipped]) == ((), ["truncate"] * 2)
+
+
+def test_bump_rule_increments_its_counter_once_per_change() -> None:
+    """One bump per change even if the old and new rows give the same counter key."""
+    rules = ruleset({"table": "users", "keys": ["gen:users"], "action": "bump"})
+    ops = plan(Change("update", "public", "users", new={"id": 1}, old={"id": 1}), rules)
+    assert [(op.op, op.key) for op in ops.operations] == [("bump", "gen:users")]
+
+
+def test_ttl_policy_names_resolve_through_the_pool() -> None:
+    """`ttl: user_profile` takes the pool's TTL for that data type."""
+    config = parse_config(
+        {
+            "pools": {"default": {"servers": ["a:1"], "ttls": {"user_profile": 600}}},
+            "rules": [
+                {
+                    "table": "products",
+                    "keys": ["p:{id}"],
+                    "action": "refresh",
+                    "value": {"json": ["id"]},
+                    "ttl": "user_profile",
+                }
+            ],
+        },
+        "t.yaml",
+    )
+    ops = plan(
+        Change("insert", "public", "products", new={"id": 1}), RuleSet.from_config(config)
+    ).operations
+    assert [(op.op, op.ttl) for op in ops] == [("refresh", 600)]
