@@ -19,7 +19,7 @@ import selectors
 import time
 from collections import Counter as Tally
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,7 +33,14 @@ from .fastpath import FastPlanner
 from .metrics import Metrics
 from .nodes import FLUSH_OP, Entry, NodeChannel
 from .operations import Operation, SkippedKey
-from .pgsource import Admin, ReplicationStream, SlotBusyError, WalPosition, stream_options
+from .pgsource import (
+    Admin,
+    ReplicationStream,
+    SlotBusyError,
+    ValueQueries,
+    WalPosition,
+    stream_options,
+)
 from .placement import Rendezvous, node_name
 from .redelete import RedeleteScheduler
 from .replication import Keepalive, XLogData
@@ -120,6 +127,7 @@ class Daemon:
         self._redeletes = RedeleteScheduler()
         self._admin = Admin(self.dsn)
         self._wal = WalPosition(self.dsn)
+        self._values = ValueQueries(self.dsn)
         self._op_results: Tally[tuple[str, str, str]] = Tally()
         self._changes: Tally[tuple[str, str]] = Tally()
 
@@ -244,6 +252,7 @@ class Daemon:
         for channel in self.channels.values():
             channel.close()
         self._wal.close()
+        self._values.close()
         self.metrics.up.set(0)
         self.health.streaming = False
         return 0
@@ -498,12 +507,34 @@ class Daemon:
         channels = self.channels
         rules = self.rules.rules
         now = time.monotonic()
-        for routed in self.router.route(result.operations):
+        operations = result.operations
+        if any(op.op == "refresh" and op.value is None for op in operations):
+            operations = tuple(self._query_value(op, change) for op in operations)
+        for routed in self.router.route(operations):
             op = routed.operation
             channels[routed.node].submit(op, txn)
             delay = rules[op.rule].redelete
             if delay and op.op == "delete":
                 self._schedule_redelete((op.pool, routed.node, op.key), now + delay, op.table)
+
+    def _query_value(self, op: Operation, change: Change) -> Operation:
+        """Fill a query refresh's value; no row (or a failing query) becomes a delete."""
+        query = self.rules.rules[op.rule].value_query
+        if op.op != "refresh" or op.value is not None or query is None:
+            return op
+        try:
+            value = self._values.value(query, change.new or {})
+        except SourceError as exc:
+            self.log.warning(
+                "refresh query failed; deleting instead",
+                rule=op.rule,
+                table=op.table,
+                error=str(exc),
+            )
+            value = None
+        if value is None:
+            return replace(op, op="delete", value=None, ttl=None)
+        return replace(op, value=value)
 
     def _submit_deletes(
         self, pairs: list[tuple[str, str]], table: str, txn: Txn, redelete: float | None

@@ -8,6 +8,7 @@ accepts ``START_REPLICATION`` and is then left in COPY BOTH, which the libpq wra
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -173,6 +174,43 @@ class WalPosition:
             raise source_error("cannot read the WAL position", exc) from None
         assert row is not None
         return lsn_to_int(row[0])
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+class ValueQueries:
+    """Runs ``refresh`` rules' ``value: {query}`` on a read connection of its own."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def value(self, query: str, row: Mapping[str, Any]) -> bytes | None:
+        """json.dumps of the query's first row (columns in order), or None for no row."""
+        from psycopg.rows import dict_row
+
+        from .rules import json_default
+
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = psycopg.connect(
+                    self.dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    options=SESSION_OPTIONS,
+                    row_factory=dict_row,
+                )
+            result = self.conn.execute(query, dict(row)).fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise source_error("refresh value query failed", exc) from None
+        if result is None:
+            return None
+        return json.dumps(result, default=json_default).encode()
 
     def close(self) -> None:
         if self.conn is not None:

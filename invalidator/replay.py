@@ -46,7 +46,8 @@ def operation_record(op: Operation, node: str | None) -> dict[str, Any]:
         "lsn": op.lsn,
     }
     if op.op == "refresh":
-        record["value"] = (op.value or b"").decode("utf-8", "replace")
+        # null for a `value: {query}` refresh: replay never connects to run it.
+        record["value"] = op.value.decode("utf-8", "replace") if op.value is not None else None
         record["ttl"] = op.ttl
     return record
 

@@ -35,6 +35,7 @@ class CompiledRule:
     when_changed: tuple[str, ...] | None
     json_columns: tuple[str, ...] | None
     ttl: int
+    value_query: str | None = None  # refresh value from this query, run by the daemon
     redelete: float | None = None  # seconds: delete again after this (race guard)
     truncate: str = "flush"  # flush | bump | warn
 
@@ -69,6 +70,7 @@ def compile_rule(
         when_changed=rule.when_changed,
         json_columns=json_columns,
         ttl=(ttls or {}).get(rule.ttl, 0) if isinstance(rule.ttl, str) else (rule.ttl or 0),
+        value_query=rule.value.query if rule.value is not None else None,
         truncate=rule.truncate_policy,
         redelete=rule.redelete_after if rule.redelete_after is not None else pool_redelete,
     )
@@ -251,6 +253,8 @@ def _apply_rule(
                 doc = {c: new[c] for c in rule.json_columns}
                 value = json.dumps(doc, default=json_default).encode()
                 ttl = rule.ttl
+        else:
+            ttl = rule.ttl  # value None: the daemon runs rule.value_query for it
     for template in rule.templates:
         for image_name, row in images:
             key = template.render(row)

@@ -135,3 +135,33 @@ def test_truncate_flushes_the_pool_by_default(
         assert wait_for(lambda: app.get_many([f"product:{i}" for i in range(1, 51)]) == {})
     finally:
         proc.stop()
+
+
+def test_refresh_from_a_query_writes_its_first_row(
+    tmp_path: Path, products: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """value: {query} runs on a read connection with the row's columns as parameters; a
+    query that finds no row turns the refresh into a delete."""
+    products.execute("CREATE TABLE reviews (product_id int, stars int)")
+    products.execute("INSERT INTO reviews VALUES (4, 5), (4, 3)")
+    rule = {
+        "table": "products",
+        "keys": ["product_stats:{id}"],
+        "action": "refresh",
+        "value": {
+            "query": "SELECT p.id, count(r.*) AS reviews, p.stock FROM products p"
+            " LEFT JOIN reviews r ON r.product_id = p.id"
+            " WHERE p.id = %(id)s GROUP BY p.id"
+        },
+        "ttl": 60,
+    }
+    proc = start(tmp_path, products, memcached, [rule])
+    try:
+        products.execute("UPDATE products SET stock = 99 WHERE id = 4")
+        expected = json.dumps({"id": 4, "reviews": 2, "stock": 99}).encode()
+        assert wait_for(lambda: app.get("product_stats:4") == expected)
+        app.set("product_stats:5", b"cached")
+        products.execute("DELETE FROM products WHERE id = 5")
+        assert wait_for(lambda: app.get("product_stats:5") is None)
+    finally:
+        proc.stop()
