@@ -41,10 +41,7 @@ fixtures: system-deps venv
 	$(PY) scripts/make_fixtures.py tests/fixtures
 
 bench: system-deps venv
-	$(PY) bench/placement.py
-	$(PY) bench/throughput.py
-	$(PY) bench/big_transaction.py
-	$(PY) bench/latency.py
+	$(PY) bench/report.py $(BENCH_ARGS)
 
 demo: system-deps venv
 	$(PY) scripts/demo.py

@@ -10,6 +10,8 @@ Benchmarks print figures; they never assert timings.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import platform
 import re
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,19 +46,30 @@ __all__ = [
     "ROOT",
     "Bench",
     "BenchError",
+    "busy_percent",
     "DaemonProcess",
+    "LagSampler",
+    "Pgbench",
+    "RssSampler",
     "client_env",
     "fmt_breakdown",
     "fmt_int",
     "fmt_num",
     "int_to_lsn",
+    "cpu_times",
+    "lag_summary",
+    "latency_stats",
     "load",
     "lsn_to_int",
     "machine_lines",
+    "parse_pgbench",
     "percentile",
     "print_table",
+    "slope",
     "slot_confirmed",
+    "slot_lag",
     "wait_confirmed",
+    "write_json",
 ]
 
 
@@ -87,6 +101,52 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100), at least 1
     return ordered[int(rank) - 1]
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x for (x, y) points; nan with fewer than 2 distinct x."""
+    if len(points) < 2:
+        return float("nan")
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    if sxx == 0:
+        return float("nan")
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+
+
+def latency_stats(latencies: Sequence[float], timeouts: int = 0) -> dict[str, float | int]:
+    """p50/p90/p99/max in ms of seconds-valued samples; a timeout counts as +inf."""
+    values = list(latencies) + [float("inf")] * timeouts
+    return {
+        "samples": len(values),
+        "timeouts": timeouts,
+        "p50_ms": percentile(values, 50) * 1000,
+        "p90_ms": percentile(values, 90) * 1000,
+        "p99_ms": percentile(values, 99) * 1000,
+        "max_ms": max(values, default=float("nan")) * 1000,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: nan and inf become None (json.dumps would write NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike[str] | None, data: dict[str, Any]) -> None:
+    """Write a script's figures for bench/report.py (nothing when ``path`` is None)."""
+    if path is None:
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(_plain(data), indent=1) + "\n")
 
 
 def fmt_int(value: float) -> str:
@@ -126,6 +186,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, all cores, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    total = sum(fields)  # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the machine's CPU time (all cores) spent busy between two cpu_times()."""
+    total = after[1] - before[1]
+    return 100.0 * (after[0] - before[0]) / total if total > 0 else float("nan")
+
+
 def load() -> str:
     """/proc/loadavg's 1/5/15-minute figures (the machine may be shared)."""
     return ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -153,6 +226,18 @@ def machine_lines(cluster: PostgresCluster | None = None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- slots
+
+
+def slot_lag(conn: psycopg.Connection[Any], slot: str) -> tuple[int, int | None]:
+    """(pg_current_wal_lsn(), that minus the slot's confirmed_flush_lsn) in bytes."""
+    row = conn.execute(
+        "SELECT pg_current_wal_lsn()::text,"
+        " (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+        "  FROM pg_replication_slots WHERE slot_name = %s)",
+        [slot],
+    ).fetchone()
+    assert row is not None
+    return lsn_to_int(row[0]), (int(row[1]) if row[1] is not None else None)
 
 
 def slot_confirmed(conn: psycopg.Connection[Any], slot: str) -> int | None:
@@ -452,3 +537,178 @@ class Bench:
 
     def connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         return self.cluster.connect()
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+class RssSampler(threading.Thread):
+    """VmRSS/VmHWM of the daemon every ``interval`` seconds until stopped."""
+
+    def __init__(self, daemon: DaemonProcess, interval: float = 0.1):
+        super().__init__(name="rss-sampler", daemon=True)
+        self.daemon_proc = daemon
+        self.interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, VmRSS kB, VmHWM kB)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                mem = self.daemon_proc.memory_kb()
+            except (OSError, RuntimeError):
+                return
+            self.samples.append((time.perf_counter(), mem["VmRSS"], mem["VmHWM"]))
+            self.halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=2)
+
+
+class LagSampler(threading.Thread):
+    """Every ``interval`` s for ``seconds`` s: the server's view of the slot and the daemon's.
+
+    Each sample is (seconds since start, pg_current_wal_lsn() as a number,
+    pg_current_wal_lsn() - confirmed_flush_lsn, the daemon's
+    invalidator_replication_lag_bytes). The sampler uses its own connection.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        slot: str,
+        daemon: DaemonProcess,
+        seconds: float,
+        interval: float = 1.0,
+    ):
+        super().__init__(name="lag-sampler", daemon=True)
+        self.connect = connect
+        self.slot = slot
+        self.daemon_proc = daemon
+        self.seconds = seconds
+        self.interval = interval
+        self.samples: list[tuple[float, int, float, float]] = []
+        self.error: str | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with self.connect() as conn:
+                start = time.perf_counter()
+                tick = 0
+                while not self.halt.is_set():
+                    at = time.perf_counter() - start
+                    wal, lag = slot_lag(conn, self.slot)
+                    try:
+                        daemon_lag = self.daemon_proc.metric("invalidator_replication_lag_bytes")
+                    except (OSError, BenchError, urllib.error.URLError):
+                        daemon_lag = float("nan")
+                    self.samples.append((at, wal, float("nan") if lag is None else lag, daemon_lag))
+                    tick += 1
+                    if tick * self.interval > self.seconds + 1e-6:
+                        return
+                    self.halt.wait(max(0.0, start + tick * self.interval - time.perf_counter()))
+        except Exception as exc:  # reported with the figures, never fatal
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+
+def lag_summary(samples: Sequence[tuple[float, int, float, float]]) -> dict[str, Any]:
+    """first/last/max and least-squares slope (bytes/s) of both lags; the WAL rate."""
+
+    def one(index: int) -> dict[str, float]:
+        points = [(s[0], s[index]) for s in samples if math.isfinite(s[index])]
+        values = [p[1] for p in points]
+        return {
+            "first": values[0] if values else float("nan"),
+            "last": values[-1] if values else float("nan"),
+            "max": max(values, default=float("nan")),
+            "slope": slope(points),
+        }
+
+    wal_rate = float("nan")
+    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+        wal_rate = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+    return {
+        "seconds": samples[-1][0] - samples[0][0] if samples else 0.0,
+        "count": len(samples),
+        "wal_bytes_per_s": wal_rate,
+        "slot": one(2),
+        "daemon": one(3),
+        "samples": [[round(s[0], 3), s[2], s[3]] for s in samples],
+    }
+
+
+# --------------------------------------------------------------------------- pgbench
+
+
+def parse_pgbench(text: str) -> dict[str, float]:
+    found = {}
+    for name, pattern in (
+        ("tps", r"^tps = ([\d.]+)"),
+        ("processed", r"number of transactions actually processed: (\d+)"),
+        ("latency_ms", r"latency average = ([\d.]+) ms"),
+        ("schedule_lag_ms", r"rate limit schedule lag: avg ([\d.]+)"),
+        ("failed", r"number of failed transactions: (\d+)"),
+    ):
+        match = re.search(pattern, text, re.MULTILINE)
+        if match:
+            found[name] = float(match.group(1))
+    return found
+
+
+class Pgbench:
+    """pgbench -n -f script -c clients -j threads -R rate -T seconds, output to a file."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        script: Path,
+        rate: int,
+        seconds: float,
+        *,
+        clients: int = 4,
+        threads: int = 2,
+        name: str = "",
+    ):
+        cluster = bench.cluster
+        self.rate = rate
+        self.seconds = max(1, math.ceil(seconds))
+        argv = [cluster.bin("pgbench"), "-h", cluster.host, "-p", str(cluster.port)]
+        argv += ["-U", "postgres", "-n", "-f", str(script), "-c", str(clients), "-j", str(threads)]
+        argv += ["-R", str(rate), "-T", str(self.seconds), "postgres"]
+        self.argv = argv
+        self.out_path = bench.workdir / f"pgbench-{name or rate}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        bench.defer(self.kill)
+
+    def start(self) -> Self:
+        with self.out_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+        self.started = time.perf_counter()
+        return self
+
+    def wait(self) -> dict[str, float]:
+        """Wait for the run to end; pgbench's figures (tps, processed, failed, ...)."""
+        assert self.proc is not None
+        try:
+            self.proc.wait(timeout=self.seconds + 60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise BenchError(f"pgbench at {self.rate} tps did not finish") from None
+        output = self.out_path.read_text(errors="replace")
+        if self.proc.returncode != 0:
+            raise BenchError(f"pgbench exited with {self.proc.returncode}:\n{output[-2000:]}")
+        return parse_pgbench(output)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

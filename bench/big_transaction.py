@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     Bench,
-    DaemonProcess,
+    RssSampler,
     fmt_breakdown,
     fmt_int,
     fmt_num,
@@ -34,6 +33,7 @@ from _common import (
     print_table,
     slot_confirmed,
     wait_confirmed,
+    write_json,
 )
 from pymemcache.client.hash import HashClient
 
@@ -41,40 +41,18 @@ SLOT = "big_txn"
 RULES = [{"table": "big", "keys": ["big:{id}"]}]
 
 
-class RssSampler(threading.Thread):
-    """VmRSS/VmHWM of the daemon every ``interval`` seconds until stopped."""
-
-    def __init__(self, daemon: DaemonProcess, interval: float = 0.1):
-        super().__init__(name="rss-sampler", daemon=True)
-        self.daemon_proc = daemon
-        self.interval = interval
-        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, VmRSS kB, VmHWM kB)
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            try:
-                mem = self.daemon_proc.memory_kb()
-            except (OSError, RuntimeError):
-                return
-            self.samples.append((time.perf_counter(), mem["VmRSS"], mem["VmHWM"]))
-            self.halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=2)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=10_000, help="keys set and checked")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
 
     with Bench() as bench:
         cluster = bench.cluster
-        for text in machine_lines(cluster):
+        machine = machine_lines(cluster)
+        for text in machine:
             print(text)
         t0 = time.perf_counter()
         cluster.execute("CREATE TABLE big (id int PRIMARY KEY, v int)")
@@ -150,6 +128,30 @@ def main() -> None:
                 ["sample keys left after (should be 0)", fmt_int(left)],
                 ["daemon exit code after SIGTERM", str(code)],
             ],
+        )
+        write_json(
+            args.json,
+            {
+                "machine": machine,
+                "rows": updated,
+                "ready_s": ready,
+                "update_s": committed - update_start,
+                "drain_s": done - committed,
+                "changes_per_s": updated / (done - committed),
+                "baseline_rss_mb": baseline_kb / 1024,
+                "peak_hwm_mb": mem["VmHWM"] / 1024,
+                "peak_sampled_rss_mb": peak_rss / 1024,
+                "rss_confirmed_mb": mem["VmRSS"] / 1024,
+                "rss_later_mb": rss_later / 1024,
+                "cpu_s": cpu,
+                "changes_seen": seen,
+                "deletes": deletes,
+                "memcached_errors": errors,
+                "keys_sampled": len(keys),
+                "keys_present_before": present_before,
+                "keys_left": left,
+                "exit_code": code,
+            },
         )
         where = int_to_lsn(confirmed) if confirmed is not None else "none"
         print(f"end of the transaction: {end_lsn[0]}; slot confirmed {where}")

@@ -8,19 +8,29 @@ TCP_NODELAY) until ``get`` returns None. The figure is commit-returned -> first 
 misses; its resolution is one memcached round trip.
 
 Phases: ``--samples`` idle samples, then for each ``--rates`` value pgbench runs
-single-row UPDATEs (``-c 4 -j 2 -R rate -T --load-seconds``) on ids 1..100,000 while the
-probe samples ids above that range, spread over the load. Figures only, never assertions.
-Usage: python bench/latency.py [--samples 500] [--rates 1000,5000] [--load-seconds 20]
+single-row UPDATEs (``-c 4 -j 2 -R rate``) on ids 1..100,000 while the probe samples ids
+above that range, spread over the load (``--load-seconds``; ``--lag-seconds`` for the
+``--lag-rate`` phase). During every phase the server's slot lag
+(pg_current_wal_lsn() - confirmed_flush_lsn) and the daemon's
+invalidator_replication_lag_bytes are sampled every second.
+
+Reference (unless ``--no-reference``): after each daemon phase the daemon is stopped and the
+same load runs again while ``pg_recvlogical`` streams a second slot (same wal2json options)
+to a pipe that this script reads, timestamping each chunk: the sample is commit returned ->
+the changed row's line received. The daemon then restarts on its slot and catches up.
+Figures only, never assertions.
+Usage: python bench/latency.py [--samples 500] [--rates 5000,10000,20000] [--load-seconds 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +42,34 @@ from _common import (
     Bench,
     BenchError,
     DaemonProcess,
+    LagSampler,
+    Pgbench,
     client_env,
     fmt_int,
     fmt_num,
+    lag_summary,
+    latency_stats,
     load,
     lsn_to_int,
     machine_lines,
-    percentile,
     print_table,
+    slot_lag,
     wait_confirmed,
+    write_json,
 )
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
 SLOT = "latency"
+REF_SLOT = "latency_ref"
 RULES = [{"table": "users", "keys": ["user:{id}"]}]
+RECV_OPTIONS = [  # the daemon's wal2json options (invalidator/pgsource.py)
+    "format-version=2",
+    "include-timestamp=1",
+    "include-types=1",
+    "include-lsn=1",
+    "add-tables=public.users",
+]
 PGBENCH_ROWS = 100_000  # pgbench updates ids 1..this; the probe uses ids above
 PROBE_ROWS = 2_000
 PGBENCH_SCRIPT = f"\\set id random(1, {PGBENCH_ROWS})\nUPDATE users SET v = v + 1 WHERE id = :id;\n"
@@ -92,6 +115,96 @@ class Probe:
             client.close()
 
 
+class RecvReference:
+    """``pg_recvlogical -f -`` on its own slot; a thread reads the pipe and timestamps a marker.
+
+    ``sample`` commits an UPDATE whose new ``name`` is a unique marker and returns the
+    seconds from commit returned until the chunk holding ``"<marker>"`` was read.
+    """
+
+    def __init__(self, bench: Bench, conn: psycopg.Connection[Any]):
+        self.bench = bench
+        self.conn = conn
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.reader: threading.Thread | None = None
+        self.want: bytes | None = None
+        self.hit_at = 0.0
+        self.hit = threading.Event()
+        self.bytes_read = 0
+        self.counter = 0
+        self.stderr_path = bench.workdir / "pg_recvlogical.stderr"
+
+    def start(self) -> None:
+        cluster = self.bench.cluster
+        cluster.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", [REF_SLOT])
+        argv = [cluster.bin("pg_recvlogical"), "-d", cluster.dsn(), "--slot", REF_SLOT, "--start"]
+        for option in RECV_OPTIONS:
+            argv += ["-o", option]
+        argv += ["--no-loop", "-f", "-"]
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+            )
+        self.bench.defer(self.stop)
+        self.reader = threading.Thread(target=self._read, name="recv-reader", daemon=True)
+        self.reader.start()
+        deadline = time.perf_counter() + 10
+        while not cluster.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", [REF_SLOT]
+        )[0][0]:
+            if self.proc.poll() is not None or time.perf_counter() > deadline:
+                raise BenchError(
+                    "pg_recvlogical did not start: " + self.stderr_path.read_text()[-500:]
+                )
+            time.sleep(0.02)
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        tail = b""
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            now = time.perf_counter()
+            if not chunk:
+                return
+            self.bytes_read += len(chunk)
+            want = self.want
+            if want is not None and want in tail + chunk:
+                self.want = None
+                self.hit_at = now
+                self.hit.set()
+            tail = chunk[-64:]
+
+    def sample(self, row_id: int) -> float | None:
+        self.counter += 1
+        marker = f"ref-{self.counter}"
+        self.hit.clear()
+        self.want = f'"{marker}"'.encode()
+        self.conn.execute("UPDATE users SET name = %s WHERE id = %s", [marker, row_id])
+        committed = time.perf_counter()
+        if not self.hit.wait(PROBE_TIMEOUT):
+            self.want = None
+            return None
+        return self.hit_at - committed
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self.bench.cluster.drop_replication_slot(REF_SLOT)
+
+
 def histogram(daemon: DaemonProcess) -> dict[float, float]:
     """The daemon's commit_to_ack_seconds buckets: upper bound -> cumulative count."""
     buckets: dict[float, float] = {}
@@ -114,28 +227,14 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return float("inf")
 
 
-def parse_pgbench(text: str) -> dict[str, str]:
-    found = {}
-    for name, pattern in (
-        ("tps", r"^tps = ([\d.]+)"),
-        ("processed", r"number of transactions actually processed: (\d+)"),
-        ("latency", r"latency average = ([\d.]+) ms"),
-        ("schedule_lag", r"rate limit schedule lag: avg ([\d.]+)"),
-        ("failed", r"number of failed transactions: (\d+)"),
-    ):
-        match = re.search(pattern, text, re.MULTILINE)
-        if match:
-            found[name] = match.group(1)
-    return found
-
-
 def run_phase(
-    probe: Probe,
+    sample: Callable[[int], float | None],
     ids: list[int],
     samples: int,
     spacing: float,
+    deadline: float = float("inf"),
 ) -> tuple[list[float], int]:
-    """``samples`` probe samples, one every ``spacing`` seconds (at least back to back)."""
+    """Up to ``samples`` samples, one every ``spacing`` s, none started after ``deadline``."""
     latencies: list[float] = []
     timeouts = 0
     next_at = time.perf_counter()
@@ -143,8 +242,10 @@ def run_phase(
         now = time.perf_counter()
         if next_at > now:
             time.sleep(next_at - now)
+        if time.perf_counter() > deadline:
+            break
         next_at += spacing
-        result = probe.sample(ids[i % len(ids)])
+        result = sample(ids[i % len(ids)])
         if result is None:
             timeouts += 1
         else:
@@ -152,30 +253,168 @@ def run_phase(
     return latencies, timeouts
 
 
-def slot_lag(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(
-        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
-        " FROM pg_replication_slots WHERE slot_name = %s",
-        [SLOT],
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else -1
+class Run:
+    """The state shared by the phases: services, the daemon (restarted), probe, watch."""
+
+    def __init__(self, bench: Bench, args: argparse.Namespace, script: Path):
+        self.bench = bench
+        self.args = args
+        self.script = script
+        self.daemon: DaemonProcess | None = None
+        self.daemons: list[DaemonProcess] = []
+        self.probe_ids = list(range(PGBENCH_ROWS + 1, PGBENCH_ROWS + PROBE_ROWS + 1))
+        self.conn = bench.connect()
+        self.watch = bench.connect()
+        bench.defer(self.conn.close)
+        bench.defer(self.watch.close)
+        self.probe = Probe(bench.pool.servers, self.conn, args.poll_us / 1000000.0)
+        bench.defer(self.probe.close)
+        self.ready_times: list[float] = []
+
+    def start_daemon(self, create_slot: bool) -> float:
+        daemon = self.bench.daemon(SLOT, RULES, create_slot=create_slot)
+        daemon.stderr_path = self.bench.workdir / f"daemon-{SLOT}-{len(self.daemons) + 1}.stderr"
+        self.daemons.append(daemon)
+        self.daemon = daemon
+        daemon.start()
+        ready = daemon.wait_ready()
+        self.ready_times.append(ready)
+        return ready
+
+    @property
+    def current(self) -> DaemonProcess:
+        if self.daemon is None:
+            raise BenchError("daemon not started")
+        return self.daemon
+
+    def idle(self) -> dict[str, Any]:
+        run_phase(self.probe.sample, self.probe_ids[-20:], 20, 0.0)  # warm up
+        before = histogram(self.current)
+        latencies, timeouts = run_phase(
+            self.probe.sample, self.probe_ids, self.args.samples, self.args.gap_ms / 1000.0
+        )
+        after = histogram(self.current)
+        _, lag = slot_lag(self.watch, SLOT)
+        return {
+            "rate": 0,
+            **latency_stats(latencies, timeouts),
+            "lag_daemon_end": self.current.metric("invalidator_replication_lag_bytes"),
+            "lag_slot_end": lag,
+            "daemon_c2a_ms": c2a(before, after),
+        }
+
+    def daemon_phase(self, rate: int) -> dict[str, Any]:
+        args = self.args
+        window = args.lag_seconds if rate == args.lag_rate else args.load_seconds
+        warmup = min(2.0, window / 5)
+        pgbench = Pgbench(self.bench, self.script, rate, warmup + window + 2, name=f"d{rate}")
+        pgbench.start()
+        time.sleep(warmup)
+        lag = LagSampler(self.bench.connect, SLOT, self.current, window)
+        before = histogram(self.current)
+        lag.start()
+        began = time.perf_counter()
+        cpu_before = self.current.cpu_seconds()
+        latencies, timeouts = run_phase(
+            self.probe.sample,
+            self.probe_ids,
+            args.samples,
+            window / max(1, args.samples),
+            deadline=began + window,
+        )
+        cpu_percent = (
+            100 * (self.current.cpu_seconds() - cpu_before) / (time.perf_counter() - began)
+        )
+        lag_daemon = self.current.metric("invalidator_replication_lag_bytes")
+        _, lag_slot = slot_lag(self.watch, SLOT)
+        lag.join(timeout=window + 10)
+        lag.stop()
+        stats = pgbench.wait()
+        ended = time.perf_counter()
+        end_lsn = lsn_to_int(self.bench.cluster.current_wal_lsn())
+        done = wait_confirmed(self.watch, SLOT, end_lsn, timeout=120, daemon=self.current)
+        after = histogram(self.current)
+        return {
+            "rate": rate,
+            "pgbench": stats,
+            **latency_stats(latencies, timeouts),
+            "window_s": window,
+            "lag_daemon_end": lag_daemon,
+            "lag_slot_end": lag_slot,
+            "catch_up_s": done - ended,
+            "daemon_c2a_ms": c2a(before, after),
+            "daemon_cpu_percent": cpu_percent,
+            "lag": lag_summary(lag.samples),
+            "lag_error": lag.error,
+        }
+
+    def reference_phase(self, rate: int) -> dict[str, Any]:
+        """Daemon stopped; pg_recvlogical's commit -> change received at the same load."""
+        args = self.args
+        self.current.stop()
+        window = args.load_seconds
+        warmup = min(2.0, window / 5)
+        ref = RecvReference(self.bench, self.conn)
+        ref.start()
+        try:
+            run_phase(ref.sample, self.probe_ids[-20:], 20, 0.0)  # warm up
+            pgbench = Pgbench(self.bench, self.script, rate, warmup + window + 2, name=f"r{rate}")
+            pgbench.start()
+            time.sleep(warmup)
+            began = time.perf_counter()
+            latencies, timeouts = run_phase(
+                ref.sample,
+                self.probe_ids,
+                args.samples,
+                window / max(1, args.samples),
+                deadline=began + window,
+            )
+            stats = pgbench.wait()
+        finally:
+            ref.stop()
+        # The daemon resumes on its slot: time to /readyz and to catch up the backlog.
+        backlog_end = lsn_to_int(self.bench.cluster.current_wal_lsn())
+        ready = self.start_daemon(create_slot=False)
+        done = wait_confirmed(self.watch, SLOT, backlog_end, timeout=300, daemon=self.current)
+        return {
+            "rate": rate,
+            "pgbench": stats,
+            **latency_stats(latencies, timeouts),
+            "window_s": window,
+            "bytes_read": ref.bytes_read,
+            "restart_ready_s": ready,
+            "restart_catch_up_s": done - self.current.started_at,
+        }
+
+
+def c2a(before: dict[float, float], after: dict[float, float]) -> list[float]:
+    return [bucket_quantile(before, after, 0.5) * 1000, bucket_quantile(before, after, 0.99) * 1000]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=500, help="probe samples per phase")
-    parser.add_argument("--rates", default="1000,5000", help="pgbench -R rates, comma-separated")
-    parser.add_argument("--load-seconds", type=int, default=20, help="pgbench -T per rate")
+    parser.add_argument(
+        "--rates", default="5000,10000,20000", help="pgbench -R rates, comma-separated"
+    )
+    parser.add_argument("--load-seconds", type=int, default=20, help="sampling window per rate")
+    parser.add_argument("--lag-rate", type=int, default=20000, help="the rate whose lag is watched")
+    parser.add_argument("--lag-seconds", type=int, default=60, help="sampling window at --lag-rate")
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the pg_recvlogical phases"
+    )
     parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between idle samples")
     parser.add_argument(
         "--poll-us", type=float, default=0.0, help="sleep between polls (0: back to back)"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
 
     with Bench() as bench:
         cluster = bench.cluster
-        for text in machine_lines(cluster):
+        machine = machine_lines(cluster)
+        for text in machine:
             print(text)
         nproc = len(os.sched_getaffinity(0))
         print(
@@ -191,38 +430,32 @@ def main() -> None:
         script = bench.workdir / "update.sql"
         script.write_text(PGBENCH_SCRIPT)
 
-        daemon = bench.daemon(SLOT, RULES)
-        daemon.start()
-        ready = daemon.wait_ready()
+        run = Run(bench, args, script)
+        ready = run.start_daemon(create_slot=True)
         print(f"daemon ready (/readyz=200) {ready:.2f}s after process start")
         print()
 
-        rows: list[list[str]] = []
-        with bench.connect() as conn, bench.connect() as watch:
-            probe = Probe(bench.pool.servers, conn, args.poll_us / 1e6)
-            bench.defer(probe.close)
-            probe_ids = list(range(PGBENCH_ROWS + 1, PGBENCH_ROWS + PROBE_ROWS + 1))
-            run_phase(probe, probe_ids[-20:], 20, 0.0)  # warm connections and caches
-
-            before = histogram(daemon)
-            latencies, timeouts = run_phase(probe, probe_ids, args.samples, args.gap_ms / 1000.0)
-            after = histogram(daemon)
-            rows.append(
-                phase_row(
-                    "idle",
-                    "-",
-                    latencies,
-                    timeouts,
-                    daemon.metric("invalidator_replication_lag_bytes"),
-                    slot_lag(watch),
-                    "-",
-                    (bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99)),
+        idle = run.idle()
+        phases: list[dict[str, Any]] = []
+        references: list[dict[str, Any]] = []
+        for rate in rates:
+            print(f"[{time.strftime('%H:%M:%S')}] daemon under pgbench -R {rate:,}", flush=True)
+            phases.append(run.daemon_phase(rate))
+            if not args.no_reference:
+                print(
+                    f"[{time.strftime('%H:%M:%S')}] pg_recvlogical under pgbench -R {rate:,}",
+                    flush=True,
                 )
-            )
+                references.append(run.reference_phase(rate))
+        print()
 
-            for rate in rates:
-                rows.append(load_phase(bench, daemon, probe, watch, script, rate, probe_ids, args))
-
+        rows = [phase_row("idle", idle)]
+        by_rate = {ref["rate"]: ref for ref in references}
+        for phase in phases:
+            rows.append(phase_row(f"daemon, -R {phase['rate']:,}", phase))
+            if phase["rate"] in by_rate:
+                ref = by_rate[phase["rate"]]
+                rows.append(phase_row(f"pg_recvlogical, -R {ref['rate']:,}", ref))
         print_table(
             [
                 "phase",
@@ -242,110 +475,97 @@ def main() -> None:
         )
         print()
         print(
-            "p50..max: commit returned -> key gone, seen by the probe. lag at end: the daemon's"
-            " invalidator_replication_lag_bytes read after the phase's last sample (pgbench"
-            " still running); slot lag: pg_current_wal_lsn() - confirmed_flush_lsn at the same"
-            " moment; catch-up: pgbench exit -> slot confirmed the WAL end at that moment."
-            " daemon c2a: the daemon's own commit_to_ack_seconds histogram over the phase"
-            " (bucket upper bounds; commit timestamps have PostgreSQL's clock)."
+            "daemon rows: commit returned -> key gone, seen by the probe. pg_recvlogical rows:"
+            " commit returned -> the row's line read from pg_recvlogical's stdout (the daemon"
+            " stopped meanwhile). lag at end: the daemon's invalidator_replication_lag_bytes"
+            " read after the phase's last sample (pgbench still running); slot lag:"
+            " pg_current_wal_lsn() - confirmed_flush_lsn at the same moment; catch-up:"
+            " pgbench exit -> slot confirmed the WAL end at that moment. daemon c2a: the"
+            " daemon's own commit_to_ack_seconds histogram over the phase (bucket upper bounds;"
+            " commit timestamps have PostgreSQL's clock)."
         )
-        code = daemon.stop()
+        print()
+        print_table(
+            [
+                "lag sampled every 1 s",
+                "seconds",
+                "first B",
+                "last B",
+                "max B",
+                "slope B/s",
+                "WAL B/s",
+            ],
+            [row for phase in phases for row in lag_rows(phase)],
+        )
+        for phase in phases:
+            print(
+                f"daemon CPU during the -R {phase['rate']:,} window:"
+                f" {phase['daemon_cpu_percent']:.0f}% of one core"
+            )
+        for ref in references:
+            print(
+                f"after pg_recvlogical at {ref['rate']:,}: daemon restarted, /readyz in"
+                f" {ref['restart_ready_s']:.2f}s, caught up {ref['restart_catch_up_s']:.2f}s"
+                " after process start"
+            )
+        code = run.current.stop()
         print(f"daemon exit code after SIGTERM: {code}")
-        daemon.report_stderr()
+        for daemon in run.daemons:
+            daemon.report_stderr()
         print(f"load average at the end (1/5/15 min): {load()}")
-
-
-def load_phase(
-    bench: Bench,
-    daemon: DaemonProcess,
-    probe: Probe,
-    watch: psycopg.Connection[Any],
-    script: Path,
-    rate: int,
-    probe_ids: list[int],
-    args: argparse.Namespace,
-) -> list[str]:
-    cluster = bench.cluster
-    argv = [cluster.bin("pgbench"), "-h", cluster.host, "-p", str(cluster.port), "-U", "postgres"]
-    argv += ["-n", "-f", str(script), "-c", "4", "-j", "2", "-R", str(rate)]
-    argv += ["-T", str(args.load_seconds), "postgres"]
-    out_path = bench.workdir / f"pgbench-{rate}.out"
-    with out_path.open("w") as out:
-        proc = subprocess.Popen(
-            argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True
+        write_json(
+            args.json,
+            {
+                "machine": machine,
+                "nproc": nproc,
+                "ready_s": run.ready_times,
+                "idle": idle,
+                "phases": phases,
+                "reference": references,
+                "exit_code": code,
+                "load_end": load(),
+            },
         )
-        bench.defer(lambda: kill_if_running(proc))
-        started = time.perf_counter()
-        warmup = min(2.0, args.load_seconds / 5)
-        window = max(0.0, args.load_seconds - warmup - 1.5)
-        time.sleep(warmup)
-        before = histogram(daemon)
-        latencies, timeouts = run_phase(
-            probe, probe_ids, args.samples, window / max(1, args.samples)
+
+
+def lag_rows(phase: dict[str, Any]) -> list[list[str]]:
+    lag = phase["lag"]
+    rows = []
+    for which, label in (("slot", "server slot lag"), ("daemon", "daemon lag metric")):
+        figures = lag[which]
+        rows.append(
+            [
+                f"-R {phase['rate']:,}: {label}",
+                fmt_num(lag["seconds"], 0),
+                fmt_int(figures["first"]),
+                fmt_int(figures["last"]),
+                fmt_int(figures["max"]),
+                fmt_int(figures["slope"]),
+                fmt_int(lag["wal_bytes_per_s"]),
+            ]
         )
-        lag_daemon = daemon.metric("invalidator_replication_lag_bytes")
-        lag_slot = slot_lag(watch)
-        if time.perf_counter() - started > args.load_seconds:
-            print(f"note: the {rate} tps phase's samples outlasted pgbench -T {args.load_seconds}")
-        try:
-            proc.wait(timeout=args.load_seconds + 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise BenchError(f"pgbench at {rate} tps did not finish") from None
-    ended = time.perf_counter()
-    end_lsn = lsn_to_int(cluster.current_wal_lsn())
-    done = wait_confirmed(watch, SLOT, end_lsn, timeout=120, daemon=daemon)
-    after = histogram(daemon)
-    output = out_path.read_text()
-    if proc.returncode != 0:
-        raise BenchError(f"pgbench exited with {proc.returncode}:\n{output[-2000:]}")
-    stats = parse_pgbench(output)
-    tps = f"{float(stats['tps']):,.0f}" if "tps" in stats else "?"
-    if stats.get("failed", "0") != "0":
-        tps += f" ({stats['failed']} failed)"
-    return phase_row(
-        f"pgbench -R {rate:,}",
-        tps,
-        latencies,
-        timeouts,
-        lag_daemon,
-        lag_slot,
-        fmt_num(done - ended, 2),
-        (bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99)),
-    )
+    return rows
 
 
-def kill_if_running(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-
-
-def phase_row(
-    name: str,
-    tps: str,
-    latencies: list[float],
-    timeouts: int,
-    lag_daemon: float,
-    lag_slot: int,
-    catch_up: str,
-    c2a: tuple[float, float],
-) -> list[str]:
-    def ms(value: float) -> str:
-        return fmt_num(value * 1000, 2)
-
+def phase_row(name: str, phase: dict[str, Any]) -> list[str]:
+    stats = phase.get("pgbench", {})
+    tps = fmt_int(stats["tps"]) if "tps" in stats else "-"
+    if stats.get("failed"):
+        tps += f" ({stats['failed']:.0f} failed)"
+    c2a_ms = phase.get("daemon_c2a_ms")
     return [
         name,
         tps,
-        fmt_int(len(latencies) + timeouts),
-        fmt_int(timeouts),
-        ms(percentile(latencies, 50)),
-        ms(percentile(latencies, 90)),
-        ms(percentile(latencies, 99)),
-        ms(max(latencies, default=float("nan"))),
-        fmt_int(lag_daemon),
-        fmt_int(lag_slot),
-        catch_up,
-        f"{c2a[0] * 1000:g}/{c2a[1] * 1000:g}",
+        fmt_int(phase["samples"]),
+        fmt_int(phase["timeouts"]),
+        fmt_num(phase["p50_ms"], 2),
+        fmt_num(phase["p90_ms"], 2),
+        fmt_num(phase["p99_ms"], 2),
+        fmt_num(phase["max_ms"], 2),
+        fmt_int(phase["lag_daemon_end"]) if "lag_daemon_end" in phase else "-",
+        fmt_int(phase["lag_slot_end"]) if phase.get("lag_slot_end") is not None else "-",
+        fmt_num(phase["catch_up_s"], 2) if "catch_up_s" in phase else "-",
+        f"{c2a_ms[0]:g}/{c2a_ms[1]:g}" if c2a_ms else "-",
     ]
 
 

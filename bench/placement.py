@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import write_json
 from pymemcache.client.hash import HashClient
 
 from invalidator.placement import Rendezvous
@@ -29,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=300_000)
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
     servers = [
         f"memcached-{i}.memcached.caching.svc.cluster.local:11211" for i in range(args.nodes)
@@ -51,6 +58,17 @@ def main() -> None:
     print(f"{'pymemcache RendezvousHash':<34}{theirs_rate:>14,.0f}")
     print(f"{'ratio':<34}{ours_rate / theirs_rate:>13.1f}x")
     print(f"mismatches on {len(sample):,} sampled keys: {mismatches}")
+    write_json(
+        args.json,
+        {
+            "nodes": args.nodes,
+            "keys": len(keys),
+            "ours_keys_per_s": ours_rate,
+            "pymemcache_keys_per_s": theirs_rate,
+            "sampled": len(sample),
+            "mismatches": mismatches,
+        },
+    )
     if mismatches:
         raise SystemExit("placement disagrees with pymemcache")
 

@@ -40,6 +40,7 @@ from _common import (
     machine_lines,
     print_table,
     wait_confirmed,
+    write_json,
 )
 
 RULES = [{"table": "bench", "keys": ["bench:{id}", "bench_email:{email}"]}]
@@ -152,10 +153,12 @@ def main() -> None:
     parser.add_argument("--txn-rows", type=int, default=1_000, help="rows per transaction")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (alternating order)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per daemon drain")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
 
     with Bench() as bench:
-        for text in machine_lines(bench.cluster):
+        machine = machine_lines(bench.cluster)
+        for text in machine:
             print(text)
         t0 = time.perf_counter()
         setup_table(bench, args.rows)
@@ -205,7 +208,53 @@ def main() -> None:
         )
         for result in results:
             result["daemon"]["proc"].report_stderr()
+        write_json(args.json, json_figures(results, changes, wal_bytes, args, machine))
         print(f"load average at the end (1/5/15 min): {load()}")
+
+
+def json_figures(
+    results: list[dict[str, Any]],
+    changes: int,
+    wal_bytes: int,
+    args: argparse.Namespace,
+    machine: list[str],
+) -> dict[str, Any]:
+    """Per-round figures and their medians, for bench/report.py."""
+    rounds = []
+    for r in results:
+        d = r["daemon"]
+        rounds.append(
+            {
+                "order": r["order"],
+                "recv_s": r["recv"],
+                "recv_changes_per_s": changes / r["recv"],
+                "daemon_s": d["seconds"],
+                "daemon_changes_per_s": changes / d["seconds"],
+                "ratio": r["recv"] / d["seconds"],
+                "ready_s": d["ready"],
+                "daemon_changes_per_s_after_ready": changes / (d["seconds"] - d["ready"]),
+                "cpu_s": d["cpu"],
+                "cpu_s_per_million": d["cpu"] / changes * 1e6,
+                "cpu_s_per_million_streaming": (d["cpu"] - d["cpu_ready"]) / changes * 1e6,
+                "hwm_mb": d["hwm_mb"],
+                "changes_seen": d["seen"],
+                "deletes": d["deletes"],
+                "memcached_errors": d["errors"],
+                "unbuildable": d["unbuildable"],
+                "exit_code": d["exit"],
+            }
+        )
+    numeric = [k for k, v in rounds[0].items() if isinstance(v, int | float)]
+    return {
+        "machine": machine,
+        "changes": changes,
+        "transactions": args.txns,
+        "rows_per_transaction": args.txn_rows,
+        "wal_bytes": wal_bytes,
+        "templates_per_row": len(RULES[0]["keys"]),
+        "rounds": rounds,
+        "median": {k: statistics.median(x[k] for x in rounds) for k in numeric},
+    }
 
 
 def figure_rows(results: list[dict[str, Any]], changes: int) -> list[list[str]]:

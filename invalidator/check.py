@@ -31,7 +31,7 @@ def offline_findings(config: Config, source: str) -> list[Finding]:
     for rule in rules.rules:
         where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
         for i, template in enumerate(rule.templates):
-            if not template.columns:
+            if not template.columns and rule.action != "bump":
                 findings.append(
                     Finding(
                         "warning",
