@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .check import offline_findings, online_findings
@@ -103,19 +104,67 @@ def _slot_admin(args: argparse.Namespace) -> tuple[str, Admin]:
     return config.source.slot, Admin(config.source.dsn.get_secret_value())
 
 
+def _outbox_connection(config: Config) -> Any:
+    import psycopg
+
+    from .pgsource import source_error
+
+    if config.source.dsn is None:
+        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+    try:
+        return psycopg.connect(
+            config.source.dsn.get_secret_value(), autocommit=True, connect_timeout=10
+        )
+    except psycopg.Error as exc:
+        raise source_error("cannot connect to PostgreSQL", exc) from None
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.source.kind == "notify":
+        from . import outbox
+        from .rules import RuleSet
+
+        with _outbox_connection(config) as conn:
+            added, removed = outbox.install(conn, RuleSet.from_config(config))
+        print(
+            f"outbox {outbox.SCHEMA}.outbox ready; triggers added on "
+            f"{', '.join(added) or 'no new table'}; removed from "
+            f"{', '.join(removed) or 'no table'}"
+        )
+        return 0
     slot, admin = _slot_admin(args)
     print(f"slot {slot}: {'created' if admin.create_slot(slot) else 'already exists'}")
     return 0
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.source.kind == "notify":
+        from . import outbox
+
+        with _outbox_connection(config) as conn:
+            outbox.uninstall(conn)
+        print(f"outbox, trigger function and triggers dropped (schema {outbox.SCHEMA})")
+        return 0
     slot, admin = _slot_admin(args)
     print(f"slot {slot}: {'dropped' if admin.drop_slot(slot) else 'did not exist'}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if config.source.kind == "notify":
+        from . import outbox
+
+        with _outbox_connection(config) as conn:
+            try:
+                rows = outbox.backlog(conn)
+            except Exception:
+                print(json.dumps({"source": "notify", "installed": False}))
+                return 1
+        print(json.dumps({"source": "notify", "installed": True, "outbox_rows": rows}))
+        return 0
     slot, admin = _slot_admin(args)
     status = admin.slot_status(slot)
     record = {
@@ -195,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     for name, func, text in (
-        ("setup", cmd_setup, "create the replication slot"),
-        ("teardown", cmd_teardown, "drop the replication slot"),
+        ("setup", cmd_setup, "create the replication slot (notify: outbox and triggers)"),
+        ("teardown", cmd_teardown, "drop the replication slot (notify: outbox and triggers)"),
         ("status", cmd_status, "where the slot stands: active, confirmed LSN, WAL retained, lag"),
         ("warm", cmd_warm, "pre-populate keys from the `warm:` queries (the cache-warmer job)"),
     ):

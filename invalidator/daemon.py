@@ -24,7 +24,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
 
+from . import outbox
 from .changes import Begin, Change, Commit, lsn_to_int
 from .config import Config, parse_server
 from .discovery import DiscoveryError, GracePlacement, Member, resolve
@@ -39,6 +41,7 @@ from .pgsource import (
     SlotBusyError,
     ValueQueries,
     WalPosition,
+    source_error,
     stream_options,
 )
 from .placement import Rendezvous, node_name
@@ -56,6 +59,9 @@ STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 10.0
 SLOT_BUSY_RETRY = 1.0  # how often a standby replica tries to take the slot over
+OUTBOX_POLL = 1.0  # drain the outbox at least this often, notification or not
+OUTBOX_BATCH = 2_000
+OUTBOX_IN_FLIGHT = 20_000  # outbox rows read but not yet deleted
 SKIP_LOG_EVERY = 60.0
 _ROW_ACTIONS = {b"I": "insert", b"U": "update", b"D": "delete"}
 # wal2json: WARNING:  no tuple identifier for UPDATE in table "public"."events"
@@ -229,8 +235,12 @@ class Daemon:
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
-                self._prepare()
-                self._stream()
+                if self.config.source.kind == "notify":
+                    self._discover(initial=True)
+                    self._stream_outbox()
+                else:
+                    self._prepare()
+                    self._stream()
                 delay = RECONNECT_MIN
             except SlotBusyError as exc:
                 # Another replica streams this slot: stand by and take over promptly.
@@ -256,6 +266,106 @@ class Daemon:
         self.metrics.up.set(0)
         self.health.streaming = False
         return 0
+
+    def _stream_outbox(self) -> None:
+        """The LISTEN/NOTIFY source: drain the outbox, delete rows once acknowledged.
+
+        Wakes on a notification or every OUTBOX_POLL seconds (notifications can be missed,
+        e.g. while disconnected). LISTEN needs a session connection: not a transaction-
+        pooling PgBouncer."""
+        try:
+            listen = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+            work = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise source_error("cannot connect for the outbox", exc) from None
+        selector = selectors.DefaultSelector()
+        registered: dict[str, tuple[Any, int]] = {}
+        rows: dict[int, tuple[Txn, float]] = {}  # outbox id → its work, trigger time
+        cursor = (0, 0)
+        try:
+            outbox.numeric_exact(work)
+            if self.config.source.create_slot:
+                added, removed = outbox.install(work, self.rules)
+                if added or removed:
+                    self.log.info("outbox triggers", added=added or None, removed=removed or None)
+            listen.execute(f"LISTEN {outbox.CHANNEL}")
+            self._watch_partitions = True  # partitions report their own names
+            self._build_fast_planners()
+            self.health.streaming = True
+            self.health.last_error = ""
+            self.metrics.up.set(1)
+            self.log.info(
+                "draining the outbox", tables=len(self.rules.tables), nodes=len(self.channels)
+            )
+            selector.register(listen.pgconn.socket, selectors.EVENT_READ, None)
+            last_fetch = last_delete = last_publish = 0.0
+            woken = True
+            while True:
+                now = time.monotonic()
+                self.health.last_loop = now
+                if now >= self._next_discovery:
+                    self._discover(initial=False)
+                for channel in self.channels.values():
+                    channel.check_timeout(now)
+                pending = sum(c.pending for c in self.channels.values())
+                if self.stopping and (pending == 0 or now > self._deadline):
+                    break
+                due = woken or now - last_fetch >= OUTBOX_POLL
+                if due and not self.stopping and len(rows) < OUTBOX_IN_FLIGHT:
+                    woken = False
+                    last_fetch = now
+                    batch = outbox.fetch(work, cursor, OUTBOX_BATCH)
+                    for row in batch:
+                        txn = Txn(committed=True)
+                        self._on_change(row.change, txn)
+                        rows[row.id] = (txn, row.created)
+                        cursor = (row.txid, row.id)
+                    woken = len(batch) == OUTBOX_BATCH  # more is waiting: no need to wait
+                self._register_nodes(selector, registered, now)
+                timeout = (
+                    0.0
+                    if woken or any(c.wants_write for c in self.channels.values())
+                    else min(0.05, OUTBOX_POLL)
+                )
+                for key, events in selector.select(timeout):
+                    channel = key.data
+                    if channel is None:
+                        listen.pgconn.consume_input()
+                        while listen.pgconn.notifies() is not None:
+                            woken = True
+                        continue
+                    if events & selectors.EVENT_READ:
+                        self._complete(channel.on_readable())
+                    if events & selectors.EVENT_WRITE:
+                        channel.on_writable()
+                turn = time.monotonic()
+                for channel in self.channels.values():
+                    if (
+                        channel.queue
+                        and channel.sock is not None
+                        and not channel.connecting
+                        and turn >= channel.retry_at
+                    ):
+                        channel.on_writable()
+                if rows and (turn - last_delete >= 0.02 or len(rows) >= OUTBOX_IN_FLIGHT):
+                    last_delete = turn
+                    done = [i for i, (txn, _) in rows.items() if txn.outstanding <= 0]
+                    if done:
+                        outbox.delete(work, done)  # only now: their work is acknowledged
+                        wall = time.time()
+                        for i in done:
+                            self.metrics.commit_to_ack.observe(max(0.0, wall - rows.pop(i)[1]))
+                if turn - last_publish >= PUBLISH_INTERVAL:
+                    last_publish = turn
+                    self._publish(0, 0)
+        except psycopg.Error as exc:
+            raise source_error("outbox connection failed", exc) from None
+        finally:
+            selector.close()
+            for conn in (listen, work):
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            self.health.streaming = False
 
     def _standby(self, reason: str) -> None:
         if not self._standing_by:

@@ -1,0 +1,237 @@
+"""The same end-to-end guarantees for both sources: wal2json logical replication and the
+LISTEN/NOTIFY outbox (triggers)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
+
+from tests.daemon_process import DaemonProcess
+from tests.services import MemcachedPool, PgDatabase
+
+RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
+
+
+@pytest.fixture(params=["wal2json", "notify"])
+def source(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def users_db(pg_db: PgDatabase) -> PgDatabase:
+    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text)")
+    pg_db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
+    pg_db.execute(
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'user ' || g"
+        " FROM generate_series(1, 500) g"
+    )
+    return pg_db
+
+
+@pytest.fixture
+def app(memcached: MemcachedPool) -> Iterator[HashClient]:
+    client = HashClient(memcached.servers, use_pooling=False, no_delay=True, default_noreply=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def daemon(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, source: str
+) -> Iterator[DaemonProcess]:
+    proc = DaemonProcess.create(
+        tmp_path, dsn=users_db.dsn, slot="src", servers=memcached.servers, rules=RULES, kind=source
+    )
+    yield proc
+    proc.stop()
+
+
+def wait_gone(app: HashClient, keys: list[str], timeout: float = 15.0) -> list[str]:
+    end = time.monotonic() + timeout
+    left = list(keys)
+    while left and time.monotonic() < end:
+        left = [k for k in left if app.get(k) is not None]
+        time.sleep(0.005)
+    return left
+
+
+def get_user(app: HashClient, db: PgDatabase, user_id: int) -> dict[str, Any] | None:
+    cached = app.get(f"user:{user_id}")
+    if cached is not None:
+        return json.loads(cached)  # type: ignore[no-any-return]
+    rows = db.execute("SELECT id, email, name FROM users WHERE id = %s", (user_id,))
+    if not rows:
+        return None
+    user = {"id": rows[0][0], "email": rows[0][1], "name": rows[0][2]}
+    app.set(f"user:{user_id}", json.dumps(user), expire=300)
+    return user
+
+
+def test_cache_aside_update_and_delete_behind_the_apps_back(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """The app caches; SQL changes the row; the key is gone and the app reads the new row;
+    a changed email removes the old and new email keys; a DELETE removes the user."""
+    daemon.start()
+    get_user(app, users_db, 7)
+    users_db.execute("UPDATE users SET name = 'renamed' WHERE id = 7")
+    assert wait_gone(app, ["user:7"]) == []
+    assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "renamed"}
+    for key in ("user_by_email:u8@example.com", "user_by_email:n8@example.com", "user:9"):
+        app.set(key, "cached")
+    users_db.execute("UPDATE users SET email = 'n8@example.com' WHERE id = 8")
+    users_db.execute("DELETE FROM users WHERE id = 9")
+    assert (
+        wait_gone(app, ["user_by_email:u8@example.com", "user_by_email:n8@example.com", "user:9"])
+        == []
+    )
+
+
+def test_changes_while_the_daemon_is_down_are_invalidated_when_it_returns(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """Stopped daemon: 200 changes accumulate (slot or outbox) and are applied on start."""
+    daemon.start()
+    daemon.terminate()
+    for i in range(1, 201):
+        app.set(f"user:{i}", "cached")
+    with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        for i in range(1, 201):
+            conn.execute("UPDATE users SET name = 'offline' WHERE id = %s", (i,))
+    daemon.start()
+    assert wait_gone(app, [f"user:{i}" for i in range(1, 201)]) == []
+
+
+def test_repeated_sigkill_loses_no_invalidation(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, memcached: MemcachedPool
+) -> None:
+    """SIGKILL 5 times while rows change; after catch-up no changed row's key is cached."""
+    daemon.start()
+    stop = threading.Event()
+    updated: set[int] = set()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        rng = random.Random(11)
+        client = HashClient(
+            memcached.servers, use_pooling=False, no_delay=True, default_noreply=False
+        )
+        try:
+            with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+                while not stop.is_set():
+                    ids = rng.sample(range(1, 501), rng.choice([1, 1, 5, 20]))
+                    for i in ids:
+                        client.set(f"user:{i}", "cached")
+                    with conn.transaction():
+                        for i in ids:
+                            conn.execute(
+                                "UPDATE users SET name = md5(random()::text) WHERE id = %s", (i,)
+                            )
+                    updated.update(ids)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(5):
+            time.sleep(random.uniform(0.3, 0.7))
+            daemon.kill()
+            daemon.start()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == []
+    assert (len(updated) > 50, wait_gone(app, [f"user:{i}" for i in sorted(updated)], 20)) == (
+        True,
+        [],
+    )
+
+
+def test_a_stopped_node_gets_its_deletes_when_it_answers_again(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, memcached: MemcachedPool
+) -> None:
+    """SIGSTOP the owner of some keys: healthy nodes' keys go at once, the stopped node's
+    keys once it resumes; nothing is left."""
+    daemon.start()
+    node = memcached.nodes[0]
+    ids = [i for i in range(1, 300) if app.hasher.get_node(f"user:{i}") == node.server][:10]
+    others = [i for i in range(1, 300) if i not in ids][:10]
+    direct = Client(node.server, no_delay=True, timeout=2)
+    try:
+        for i in ids:
+            direct.set(f"user:{i}", b"cached")
+        for i in others:
+            app.set(f"user:{i}", "cached")
+        node.pause()
+        try:
+            users_db.execute("UPDATE users SET name = 'x' WHERE id = ANY(%s)", (ids + others,))
+            assert wait_gone(app, [f"user:{i}" for i in others]) == []
+        finally:
+            node.resume()
+        end = time.monotonic() + 20
+        while any(direct.get(f"user:{i}") is not None for i in ids) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert [i for i in ids if direct.get(f"user:{i}") is not None] == []
+    finally:
+        direct.close()
+
+
+def test_outbox_rows_of_out_of_order_commits_are_not_skipped_and_are_removed(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """Transaction A takes its id first but writes and commits after B: B's row is held
+    back until A finishes, both are applied, and the outbox ends empty."""
+    import subprocess
+    import sys
+
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=users_db.dsn,
+        slot="src",
+        servers=memcached.servers,
+        rules=RULES,
+        kind="notify",
+    )
+    try:
+        proc.start()
+        app.set("user:21", "cached")
+        app.set("user:22", "cached")
+        with psycopg.connect(users_db.dsn) as a, psycopg.connect(users_db.dsn) as b:
+            a.execute("SELECT pg_current_xact_id()")  # A's transaction id comes first
+            b.execute("UPDATE users SET name = 'b' WHERE id = 22")
+            b.commit()
+            time.sleep(1.5)  # several polls while A is open
+            assert app.get("user:22") is not None  # held back: A might still write
+            a.execute("UPDATE users SET name = 'a' WHERE id = 21")
+            a.commit()
+        assert wait_gone(app, ["user:21", "user:22"]) == []
+
+        def outbox_rows() -> int:
+            out = subprocess.run(
+                [sys.executable, "-m", "invalidator", "status", "--config", str(proc.config)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            return int(json.loads(out)["outbox_rows"])
+
+        end = time.monotonic() + 10
+        while outbox_rows() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert outbox_rows() == 0
+    finally:
+        proc.stop()
