@@ -114,12 +114,13 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
         removed.append(f"{schema}.{table}")
     for (schema, table), columns in sorted(wanted.items()):
         target = sql.Identifier(schema, table)
-        args = sql.SQL(", ").join(sql.Literal(c) for c in columns)
+        function = sql.Identifier(SCHEMA, _function_name(schema, table))
+        conn.execute(_row_function(function, columns))
         conn.execute(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
-                " FOR EACH ROW EXECUTE FUNCTION {}.capture({})"
-            ).format(sql.Identifier(TRIGGER), target, sql.Identifier(SCHEMA), args)
+                " FOR EACH ROW EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(TRIGGER), target, function)
         )
         conn.execute(
             sql.SQL(
@@ -147,6 +148,45 @@ def uninstall(conn: psycopg.Connection[Any]) -> None:
             )
         )
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+
+
+def _function_name(schema: str, table: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha1(f"{schema}.{table}".encode()).hexdigest()[:12]
+    return f"capture_{digest}"
+
+
+def _row_function(function: sql.Identifier, columns: list[str]) -> sql.Composed:
+    """A row trigger function for one table that records exactly the rules' columns with
+    jsonb_build_object (several times cheaper than filtering to_jsonb of the whole row)."""
+
+    def image(record: str) -> sql.Composable:
+        if not columns:
+            return sql.SQL("to_jsonb({})").format(sql.SQL(record))
+        pairs = sql.SQL(", ").join(
+            sql.SQL("{}, {}.{}").format(sql.Literal(c), sql.SQL(record), sql.Identifier(c))
+            for c in columns
+        )
+        return sql.SQL("jsonb_build_object({})").format(pairs)
+
+    return sql.SQL("""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {outbox} (op, schema_name, table_name, old_row, new_row)
+    VALUES (lower(TG_OP), TG_TABLE_SCHEMA, TG_TABLE_NAME,
+            CASE WHEN TG_OP <> 'INSERT' THEN {old} END,
+            CASE WHEN TG_OP <> 'DELETE' THEN {new} END);
+    PERFORM pg_notify({channel}, '');
+    RETURN NULL;
+END
+$$""").format(
+        function=function,
+        outbox=sql.Identifier(SCHEMA, "outbox"),
+        old=image("OLD"),
+        new=image("NEW"),
+        channel=sql.Literal(CHANNEL),
+    )
 
 
 def _columns(rules: RuleSet, name: TableName) -> set[str]:
