@@ -29,6 +29,7 @@ SCHEMA = "invalidator"
 CHANNEL = "invalidator_outbox"
 TRIGGER = "invalidator_capture"
 TRUNCATE_TRIGGER = "invalidator_capture_truncate"
+LOCK_TIMEOUT = "5s"  # for the DDL of setup: fail clearly rather than block writers
 
 INSTALL_SQL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -93,6 +94,7 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
     """Create the schema, outbox and function; put triggers on every watched table and
     remove them from tables no rule watches any more. Idempotent. Returns (added, removed)
     as ``schema.table`` names."""
+    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     conn.execute(INSTALL_SQL)
     wanted = {name: sorted(_columns(rules, name)) for name in rules.tables}
     existing = {
@@ -115,7 +117,13 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
     for (schema, table), columns in sorted(wanted.items()):
         target = sql.Identifier(schema, table)
         function = sql.Identifier(SCHEMA, _function_name(schema, table))
+        # Replacing the function takes no lock on the table; the columns it records
+        # follow the rules on every start.
         conn.execute(_row_function(function, columns))
+        if (schema, table) in existing:
+            continue
+        # CREATE TRIGGER locks the table against writes: only when missing, and bounded by
+        # lock_timeout so a long transaction cannot make every writer queue behind it.
         conn.execute(
             sql.SQL(
                 "CREATE OR REPLACE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {}"
@@ -128,8 +136,7 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
                 " FOR EACH STATEMENT EXECUTE FUNCTION {}.capture()"
             ).format(sql.Identifier(TRUNCATE_TRIGGER), target, sql.Identifier(SCHEMA))
         )
-        if (schema, table) not in existing:
-            added.append(f"{schema}.{table}")
+        added.append(f"{schema}.{table}")
     return added, removed
 
 

@@ -235,3 +235,53 @@ def test_outbox_rows_of_out_of_order_commits_are_not_skipped_and_are_removed(
         assert outbox_rows() == 0
     finally:
         proc.stop()
+
+
+def test_setup_follows_rules_changes_and_teardown_removes_everything(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """setup is idempotent; after a rules change it adds and removes triggers; teardown
+    drops triggers, function, outbox and schema."""
+    import subprocess
+    import sys
+
+    users_db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=users_db.dsn,
+        slot="src",
+        servers=memcached.servers,
+        rules=RULES,
+        kind="notify",
+    )
+
+    def cli(command: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "invalidator", command, "--config", str(proc.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    def triggered() -> list[str]:
+        return [
+            r[0]
+            for r in users_db.execute(
+                "SELECT DISTINCT c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid"
+                " WHERE g.tgname LIKE 'invalidator_capture%' ORDER BY 1"
+            )
+        ]
+
+    assert "triggers added on public.users" in cli("setup")
+    assert "triggers added on no new table" in cli("setup")
+    config = json.loads(proc.config.read_text())
+    config["rules"] = [{"table": "orders", "keys": ["order:{id}"]}]
+    proc.config.write_text(json.dumps(config))
+    assert "added on public.orders; removed from public.users" in cli("setup")
+    assert triggered() == ["orders"]
+    cli("teardown")
+    assert triggered() == []
+    assert users_db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'invalidator'") == [
+        (0,)
+    ]
