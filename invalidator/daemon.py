@@ -69,7 +69,8 @@ _NO_IDENTITY = re.compile(
     r"no tuple identifier for (?P<op>\w+) in table "
     r'"(?P<schema>(?:[^"]|"")*)"\."(?P<table>(?:[^"]|"")*)"'
 )
-READ_BATCH = 2_000  # replication messages handled per loop turn
+READ_BATCH = 256  # replication messages per loop turn: bounds how long the first one waits
+# for its deletes to be written (256 x ~10 us), yet amortises the loop
 PUBLISH_INTERVAL = 0.25  # metrics are tallied locally and published on this period
 LAG_INTERVAL = 1.0  # how often the server's WAL position is read for the lag metric
 
