@@ -46,17 +46,18 @@ __all__ = [
     "ROOT",
     "Bench",
     "BenchError",
-    "busy_percent",
     "DaemonProcess",
+    "ForeignCpu",
     "LagSampler",
     "Pgbench",
     "RssSampler",
+    "busy_percent",
     "client_env",
+    "cpu_times",
     "fmt_breakdown",
     "fmt_int",
     "fmt_num",
     "int_to_lsn",
-    "cpu_times",
     "lag_summary",
     "latency_stats",
     "load",
@@ -641,6 +642,119 @@ def lag_summary(samples: Sequence[tuple[float, int, float, float]]) -> dict[str,
         "daemon": one(3),
         "samples": [[round(s[0], 3), s[2], s[3]] for s in samples],
     }
+
+
+# --------------------------------------------------------------------------- other load
+
+
+class ForeignCpu(threading.Thread):
+    """CPU seconds used by processes that are neither this run's nor a database/cache.
+
+    Descendants of this process are ours. PostgreSQL and memcached processes cannot be told
+    apart from other suites' (they are re-parented), so they are counted separately as
+    ``services`` together with ours; a second postmaster means another cluster is running.
+    """
+
+    SERVICES = ("postgres", "memcached")
+
+    def __init__(self, interval: float = 1.0) -> None:
+        super().__init__(name="foreign-cpu", daemon=True)
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.interval = interval
+        self.me = os.getpid()
+        self.lock = threading.Lock()
+        self.by_name: dict[str, float] = {}
+        self.postmasters = 0
+        self.halt = threading.Event()
+        self._seen: dict[tuple[int, str], int] = {}
+
+    @staticmethod
+    def _scan() -> dict[int, tuple[str, int, str, int]]:
+        """pid -> (comm, ppid, starttime, utime + stime ticks)."""
+        procs = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                text = Path(entry.path, "stat").read_text()
+                comm = text[text.index("(") + 1 : text.rindex(")")]
+                fields = text[text.rindex(")") + 2 :].split()
+                procs[int(entry.name)] = (
+                    comm,
+                    int(fields[1]),
+                    fields[19],
+                    int(fields[11]) + int(fields[12]),
+                )
+        return procs
+
+    def _cmd(self, pid: int, comm: str) -> str:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            words = [a.decode(errors="replace") for a in argv if a]
+            if words:
+                name = os.path.basename(words[0])
+                if name.startswith("python") and len(words) > 2 and words[1] == "-m":
+                    return f"{name} -m {words[2]}"
+                return name
+        return comm
+
+    def run(self) -> None:
+        first = True
+        while not self.halt.is_set():
+            procs = self._scan()
+            children: dict[int, list[int]] = {}
+            for pid, (_, ppid, _, _) in procs.items():
+                children.setdefault(ppid, []).append(pid)
+            ours = set()
+            todo = [self.me]
+            while todo:
+                pid = todo.pop()
+                ours.add(pid)
+                todo.extend(children.get(pid, []))
+            seen: dict[tuple[int, str], int] = {}
+            postmasters = 0
+            with self.lock:
+                for pid, (comm, ppid, start, ticks) in procs.items():
+                    key = (pid, start)
+                    seen[key] = ticks
+                    if comm == "postgres" and procs.get(ppid, ("",))[0] != "postgres":
+                        postmasters += 1
+                    if first or pid in ours or pid == os.getpid():
+                        continue
+                    delta = ticks - self._seen.get(key, 0)
+                    if delta <= 0:
+                        continue
+                    name = "services" if comm.startswith(self.SERVICES) else self._cmd(pid, comm)
+                    self.by_name[name] = self.by_name.get(name, 0.0) + delta / self.tick
+                self.postmasters = max(self.postmasters, postmasters)
+            self._seen = seen
+            first = False
+            self.halt.wait(self.interval)
+
+    def take_summary(self, seconds: float) -> dict[str, Any]:
+        """``take()`` as figures: other CPU-s, cores on average, the top commands."""
+        taken, postmasters = self.take()
+        services = taken.pop("services", 0.0)
+        other = sum(taken.values())
+        top = sorted(taken.items(), key=lambda kv: -kv[1])[:3]
+        return {
+            "other_cpu_s": other,
+            "other_cores": other / seconds if seconds > 0 else float("nan"),
+            "top": [[name, cpu] for name, cpu in top],
+            "services_cpu_s": services,
+            "postmasters": postmasters,
+        }
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)
+
+    def take(self) -> tuple[dict[str, float], int]:
+        """CPU seconds by command since the last call, and the most postmasters seen."""
+        with self.lock:
+            taken, self.by_name = self.by_name, {}
+            postmasters, self.postmasters = self.postmasters, 0
+        return taken, postmasters
 
 
 # --------------------------------------------------------------------------- pgbench

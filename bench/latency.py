@@ -5,7 +5,8 @@ Each sample is what a cache-aside app sees: its pymemcache ``HashClient`` sets
 (autocommit: the commit has returned when ``execute`` returns); then the node that owns the
 key is polled with ``pymemcache.client.base.Client(server, no_delay=True)`` (replies awaited,
 TCP_NODELAY) until ``get`` returns None. The figure is commit-returned -> first ``get`` that
-misses; its resolution is one memcached round trip.
+misses; its resolution is one memcached round trip up to 1 ms, then 2% (polls back off so
+that a slow sample does not take a core away from the daemon; at most 2 ms apart).
 
 Phases: ``--samples`` idle samples, then for each ``--rates`` value pgbench runs
 single-row UPDATEs (``-c 4 -j 2 -R rate``) on ids 1..100,000 while the probe samples ids
@@ -42,9 +43,12 @@ from _common import (
     Bench,
     BenchError,
     DaemonProcess,
+    ForeignCpu,
     LagSampler,
     Pgbench,
+    busy_percent,
     client_env,
+    cpu_times,
     fmt_int,
     fmt_num,
     lag_summary,
@@ -74,6 +78,8 @@ PGBENCH_ROWS = 100_000  # pgbench updates ids 1..this; the probe uses ids above
 PROBE_ROWS = 2_000
 PGBENCH_SCRIPT = f"\\set id random(1, {PGBENCH_ROWS})\nUPDATE users SET v = v + 1 WHERE id = :id;\n"
 PROBE_TIMEOUT = 10.0
+POLL_BACKOFF = 0.02  # past 1 ms the probe sleeps 2% of the elapsed time between polls
+POLL_BACKOFF_MAX = 0.002
 
 
 class Probe:
@@ -103,10 +109,17 @@ class Probe:
         committed = time.perf_counter()
         deadline = committed + PROBE_TIMEOUT
         while client.get(key) is not None:
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if now > deadline:
                 return None
-            if self.poll_interval:
-                time.sleep(self.poll_interval)
+            # Back to back for the first millisecond; then a pause of 2% of the time so
+            # far (at most 2 ms): the probe must not eat the CPU the daemon needs when
+            # the latency is long, on a machine with two cores.
+            elapsed = now - committed
+            pause = min(POLL_BACKOFF_MAX, elapsed * POLL_BACKOFF) if elapsed > 0.001 else 0.0
+            pause = max(pause, self.poll_interval)
+            if pause:
+                time.sleep(pause)
         return time.perf_counter() - committed
 
     def close(self) -> None:
@@ -270,6 +283,9 @@ class Run:
         self.probe = Probe(bench.pool.servers, self.conn, args.poll_us / 1000000.0)
         bench.defer(self.probe.close)
         self.ready_times: list[float] = []
+        self.others = ForeignCpu()  # other suites on the same cores, per phase
+        self.others.start()
+        bench.defer(self.others.stop)
 
     def start_daemon(self, create_slot: bool) -> float:
         daemon = self.bench.daemon(SLOT, RULES, create_slot=create_slot)
@@ -315,6 +331,8 @@ class Run:
         lag.start()
         began = time.perf_counter()
         cpu_before = self.current.cpu_seconds()
+        machine_before = cpu_times()
+        self.others.take()
         latencies, timeouts = run_phase(
             self.probe.sample,
             self.probe_ids,
@@ -325,6 +343,8 @@ class Run:
         cpu_percent = (
             100 * (self.current.cpu_seconds() - cpu_before) / (time.perf_counter() - began)
         )
+        machine_busy = busy_percent(machine_before, cpu_times())
+        others = self.others.take_summary(time.perf_counter() - began)
         lag_daemon = self.current.metric("invalidator_replication_lag_bytes")
         _, lag_slot = slot_lag(self.watch, SLOT)
         lag.join(timeout=window + 10)
@@ -344,6 +364,8 @@ class Run:
             "catch_up_s": done - ended,
             "daemon_c2a_ms": c2a(before, after),
             "daemon_cpu_percent": cpu_percent,
+            "machine_busy_percent": machine_busy,
+            "others": others,
             "lag": lag_summary(lag.samples),
             "lag_error": lag.error,
         }
@@ -362,6 +384,8 @@ class Run:
             pgbench.start()
             time.sleep(warmup)
             began = time.perf_counter()
+            machine_before = cpu_times()
+            self.others.take()
             latencies, timeouts = run_phase(
                 ref.sample,
                 self.probe_ids,
@@ -369,6 +393,8 @@ class Run:
                 window / max(1, args.samples),
                 deadline=began + window,
             )
+            machine_busy = busy_percent(machine_before, cpu_times())
+            others = self.others.take_summary(time.perf_counter() - began)
             stats = pgbench.wait()
         finally:
             ref.stop()
@@ -382,6 +408,8 @@ class Run:
             **latency_stats(latencies, timeouts),
             "window_s": window,
             "bytes_read": ref.bytes_read,
+            "machine_busy_percent": machine_busy,
+            "others": others,
             "restart_ready_s": ready,
             "restart_catch_up_s": done - self.current.started_at,
         }
@@ -405,7 +433,10 @@ def main() -> None:
     )
     parser.add_argument("--gap-ms", type=float, default=5.0, help="pause between idle samples")
     parser.add_argument(
-        "--poll-us", type=float, default=0.0, help="sleep between polls (0: back to back)"
+        "--poll-us",
+        type=float,
+        default=0.0,
+        help="minimum sleep between polls (0: back to back for 1 ms)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args()
@@ -500,7 +531,15 @@ def main() -> None:
         for phase in phases:
             print(
                 f"daemon CPU during the -R {phase['rate']:,} window:"
-                f" {phase['daemon_cpu_percent']:.0f}% of one core"
+                f" {phase['daemon_cpu_percent']:.0f}% of one core; the machine was"
+                f" {phase['machine_busy_percent']:.0f}% busy (all {nproc} cores);"
+                f" {others_text(phase['others'])}"
+            )
+        for ref in references:
+            print(
+                f"pg_recvlogical phase at -R {ref['rate']:,}: the machine was"
+                f" {ref['machine_busy_percent']:.0f}% busy (all {nproc} cores);"
+                f" {others_text(ref['others'])}"
             )
         for ref in references:
             print(
@@ -526,6 +565,15 @@ def main() -> None:
                 "load_end": load(),
             },
         )
+
+
+def others_text(others: dict[str, Any]) -> str:
+    top = ", ".join(f"{name} {cpu:.1f}" for name, cpu in others["top"] if cpu >= 0.05)
+    return (
+        f"other processes {others['other_cores']:.2f} cores"
+        + (f" ({top} CPU-s)" if top else "")
+        + f", PostgreSQL clusters running: {others['postmasters']}"
+    )
 
 
 def lag_rows(phase: dict[str, Any]) -> list[list[str]]:
