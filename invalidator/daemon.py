@@ -340,14 +340,7 @@ class Daemon:
                     if events & selectors.EVENT_WRITE:
                         channel.on_writable()
                 turn = time.monotonic()
-                for channel in self.channels.values():
-                    if (
-                        channel.queue
-                        and channel.sock is not None
-                        and not channel.connecting
-                        and turn >= channel.retry_at
-                    ):
-                        channel.on_writable()
+                self._write_ready(turn)
                 if rows and (turn - last_delete >= 0.02 or len(rows) >= OUTBOX_IN_FLIGHT):
                     last_delete = turn
                     done = [i for i, (txn, _) in rows.items() if txn.outstanding <= 0]
@@ -502,14 +495,7 @@ class Daemon:
                             if message.reply_requested:
                                 last_status = 0.0
                 turn = time.monotonic()
-                for channel in self.channels.values():
-                    if (
-                        channel.queue
-                        and channel.sock is not None
-                        and not channel.connecting
-                        and turn >= channel.retry_at
-                    ):
-                        channel.on_writable()
+                self._write_ready(turn)
                 for done in tracker.advance():
                     if done.commit_time is not None:
                         metrics.commit_to_ack.observe(max(0.0, time.time() - done.commit_time))
@@ -543,6 +529,17 @@ class Daemon:
             selector.close()
             stream.close()
             self.health.streaming = False
+
+    def _write_ready(self, now: float) -> None:
+        """Send what is queued on every connected node that is not in a retry delay."""
+        for channel in self.channels.values():
+            if (
+                channel.queue
+                and channel.sock is not None
+                and not channel.connecting
+                and now >= channel.retry_at
+            ):
+                channel.on_writable()
 
     def _register_nodes(
         self, selector: selectors.BaseSelector, registered: dict[str, tuple[Any, int]], now: float

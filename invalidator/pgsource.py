@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from .changes import int_to_lsn, lsn_to_int
 from .errors import SourceError
@@ -151,72 +152,65 @@ class ReplicationStream:
             self.conn = None
 
 
-class WalPosition:
-    """The server's current WAL position, on one persistent connection (for the lag
-    metric: the replication stream's own walEnd fields are record positions)."""
+class _LazyConnection:
+    """One autocommit connection, opened on first use and again after a failure."""
+
+    row_factory: Any = None
 
     def __init__(self, dsn: str):
         self.dsn = dsn
         self.conn: psycopg.Connection[Any] | None = None
 
+    def connection(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            kwargs: dict[str, Any] = {"row_factory": self.row_factory} if self.row_factory else {}
+            self.conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                options=SESSION_OPTIONS,
+                **kwargs,
+            )
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with suppress(psycopg.Error):
+                self.conn.close()
+            self.conn = None
+
+
+class WalPosition(_LazyConnection):
+    """The server's current WAL position (for the lag metric: the replication stream's
+    own walEnd fields are record positions)."""
+
     def current(self) -> int:
         try:
-            if self.conn is None or self.conn.closed:
-                self.conn = psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    options=SESSION_OPTIONS,
-                )
-            row = self.conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            row = self.connection().execute("SELECT pg_current_wal_lsn()::text").fetchone()
         except psycopg.Error as exc:
             self.close()
             raise source_error("cannot read the WAL position", exc) from None
         assert row is not None
         return lsn_to_int(row[0])
 
-    def close(self) -> None:
-        if self.conn is not None:
-            with suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
 
-
-class ValueQueries:
+class ValueQueries(_LazyConnection):
     """Runs ``refresh`` rules' ``value: {query}`` on a read connection of its own."""
 
-    def __init__(self, dsn: str):
-        self.dsn = dsn
-        self.conn: psycopg.Connection[Any] | None = None
+    row_factory = staticmethod(dict_row)
 
     def value(self, query: str, row: Mapping[str, Any]) -> bytes | None:
         """json.dumps of the query's first row (columns in order), or None for no row."""
-        from psycopg.rows import dict_row
-
         from .rules import json_default
 
         try:
-            if self.conn is None or self.conn.closed:
-                self.conn = psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=CONNECT_TIMEOUT,
-                    options=SESSION_OPTIONS,
-                    row_factory=dict_row,
-                )
-            result = self.conn.execute(query, dict(row)).fetchone()
+            result = self.connection().execute(query, dict(row)).fetchone()
         except psycopg.Error as exc:
             self.close()
             raise source_error("refresh value query failed", exc) from None
         if result is None:
             return None
         return json.dumps(result, default=json_default).encode()
-
-    def close(self) -> None:
-        if self.conn is not None:
-            with suppress(psycopg.Error):
-                self.conn.close()
-            self.conn = None
 
 
 @dataclass(frozen=True, slots=True)
