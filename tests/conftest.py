@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import app_client
 from tests.services import (
     MemcachedPool,
     PgDatabase,
@@ -84,3 +86,24 @@ def memcached(memcached_pool: MemcachedPool) -> MemcachedPool:
     except ServiceError as err:
         pytest.fail(str(err), pytrace=False)
     return memcached_pool
+
+
+@pytest.fixture
+def app(memcached: MemcachedPool) -> Iterator[HashClient]:
+    """The cache-aside app's own client over the pool (replies awaited, with timeouts)."""
+    client = app_client(memcached.servers)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def users_db(pg_db: PgDatabase) -> PgDatabase:
+    """``users`` (id, email, name) with 500 rows and REPLICA IDENTITY FULL, so the old
+    email is in the stream."""
+    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text)")
+    pg_db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
+    pg_db.execute(
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'user ' || g"
+        " FROM generate_series(1, 500) g"
+    )
+    return pg_db

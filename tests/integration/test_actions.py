@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,9 @@ import psycopg
 import pytest
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import wait_until as wait_for
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
-
-
-@pytest.fixture
-def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    client = HashClient(memcached.servers, use_pooling=False, no_delay=True, default_noreply=False)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -37,15 +30,6 @@ def start(
     return DaemonProcess.create(
         tmp_path, dsn=db.dsn, slot="actions", servers=memcached.servers, rules=rules
     ).start()
-
-
-def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 REFRESH = {

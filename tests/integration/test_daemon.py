@@ -9,35 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import get_user, wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
 USER_RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
-
-
-@pytest.fixture
-def users_db(pg_db: PgDatabase) -> PgDatabase:
-    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text)")
-    pg_db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
-    pg_db.execute(
-        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'user ' || g"
-        " FROM generate_series(1, 500) g"
-    )
-    return pg_db
-
-
-@pytest.fixture
-def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    """The cache-aside app's client, as the seed guide builds it (replies awaited)."""
-    client = HashClient(memcached.servers, use_pooling=False, no_delay=True, default_noreply=False)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -49,29 +30,6 @@ def daemon(
     )
     yield proc
     proc.stop()
-
-
-def get_user(app: HashClient, db: PgDatabase, user_id: int) -> dict[str, Any] | None:
-    """The seed guide's cache-aside read."""
-    cached = app.get(f"user:{user_id}")
-    if cached is not None:
-        return json.loads(cached)  # type: ignore[no-any-return]
-    rows = db.execute("SELECT id, email, name FROM users WHERE id = %s", (user_id,))
-    if not rows:
-        return None
-    user = {"id": rows[0][0], "email": rows[0][1], "name": rows[0][2]}
-    app.set(f"user:{user_id}", json.dumps(user), expire=300)
-    return user
-
-
-def wait_gone(app: HashClient, keys: list[str], timeout: float = 10.0) -> list[str]:
-    end = time.monotonic() + timeout
-    left = list(keys)
-    while left and time.monotonic() < end:
-        left = [k for k in left if app.get(k) is not None]
-        if left:
-            time.sleep(0.005)
-    return left
 
 
 def test_update_behind_the_apps_back_invalidates_and_app_reads_new_row(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,16 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import wait_until as _wait_until
 from tests.daemon_process import DaemonProcess
 from tests.dns_server import SRV_NAME, DnsServer
 from tests.services import MemcachedPool, PgDatabase, ServiceError
 
 DOMAIN = "memcached.test.internal"
+
+
+# This file's waits allow 15 s (the shared default is 10 s).
+wait_for = partial(_wait_until, timeout=15.0)
 
 
 @pytest.fixture
@@ -80,15 +85,6 @@ def cached_anywhere(pool: MemcachedPool, keys: list[str]) -> list[str]:
         finally:
             client.close()
     return sorted(left)
-
-
-def wait_for(predicate: Any, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 @pytest.mark.usefixtures("resolve_test_names")

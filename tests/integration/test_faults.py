@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,18 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import app_client
+from tests.cache_aside import wait_until as _wait_until
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedNode, MemcachedPool, PgDatabase, PostgresCluster
 
 pytestmark = pytest.mark.faults
 
 USER_RULES = [{"table": "users", "keys": ["user:{id}"]}]
+
+
+# This file's waits allow 15 s (the shared default is 10 s).
+wait_until = partial(_wait_until, timeout=15.0)
 
 
 @pytest.fixture
@@ -39,14 +46,8 @@ def users_db(pg_db: PgDatabase) -> PgDatabase:
 
 @pytest.fixture
 def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    client = HashClient(
-        memcached.servers,
-        use_pooling=False,
-        no_delay=True,
-        default_noreply=False,
-        connect_timeout=0.5,
-        timeout=0.5,
-    )
+    """The app's client with short timeouts: these tests stop nodes on purpose."""
+    client = app_client(memcached.servers, timeout=0.5)
     yield client
     client.close()
 
@@ -140,15 +141,6 @@ def confirmed_at_least(db: PgDatabase, slot: str, lsn: str) -> bool:
         (lsn, slot),
     )
     return bool(rows and rows[0][0])
-
-
-def wait_until(predicate: Any, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return bool(predicate())
 
 
 def percentile(values: list[float], q: float) -> float:

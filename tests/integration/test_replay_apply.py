@@ -39,14 +39,6 @@ def run_replay(config: Path, *files: str, apply: bool = True) -> subprocess.Comp
 
 
 @pytest.fixture
-def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    """The application's own client over the pool, as the seed guide builds it."""
-    client = HashClient(memcached.servers, use_pooling=False, no_delay=True)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def nodes(memcached: MemcachedPool) -> Iterator[dict[str, Client]]:
     """One direct client per node, to see exactly where copies live."""
     clients = {s: Client(s, no_delay=True, connect_timeout=2, timeout=2) for s in memcached.servers}

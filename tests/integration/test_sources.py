@@ -8,49 +8,29 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import get_user
+from tests.cache_aside import wait_gone as _wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
 RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
 
 
+# This file's waits allow 15 s (the shared default is 10 s).
+wait_gone = partial(_wait_gone, timeout=15.0)
+
+
 @pytest.fixture(params=["wal2json", "notify"])
 def source(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def users_db(pg_db: PgDatabase) -> PgDatabase:
-    pg_db.execute("CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, name text)")
-    pg_db.execute("ALTER TABLE users REPLICA IDENTITY FULL")
-    pg_db.execute(
-        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'user ' || g"
-        " FROM generate_series(1, 500) g"
-    )
-    return pg_db
-
-
-@pytest.fixture
-def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    # Timeouts: a read from a stopped node must fail, never hang the test.
-    client = HashClient(
-        memcached.servers,
-        use_pooling=False,
-        no_delay=True,
-        default_noreply=False,
-        connect_timeout=2,
-        timeout=2,
-    )
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -62,27 +42,6 @@ def daemon(
     )
     yield proc
     proc.stop()
-
-
-def wait_gone(app: HashClient, keys: list[str], timeout: float = 15.0) -> list[str]:
-    end = time.monotonic() + timeout
-    left = list(keys)
-    while left and time.monotonic() < end:
-        left = [k for k in left if app.get(k) is not None]
-        time.sleep(0.005)
-    return left
-
-
-def get_user(app: HashClient, db: PgDatabase, user_id: int) -> dict[str, Any] | None:
-    cached = app.get(f"user:{user_id}")
-    if cached is not None:
-        return json.loads(cached)  # type: ignore[no-any-return]
-    rows = db.execute("SELECT id, email, name FROM users WHERE id = %s", (user_id,))
-    if not rows:
-        return None
-    user = {"id": rows[0][0], "email": rows[0][1], "name": rows[0][2]}
-    app.set(f"user:{user_id}", json.dumps(user), expire=300)
-    return user
 
 
 def test_cache_aside_update_and_delete_behind_the_apps_back(
@@ -162,7 +121,10 @@ def test_repeated_sigkill_loses_no_invalidation(
         stop.set()
         thread.join(30)
     assert errors == []
-    assert (len(updated) > 50, wait_gone(app, [f"user:{i}" for i in sorted(updated)], 20)) == (
+    assert (
+        len(updated) > 50,
+        wait_gone(app, [f"user:{i}" for i in sorted(updated)], timeout=20),
+    ) == (
         True,
         [],
     )

@@ -5,21 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from pymemcache.client.hash import HashClient
 
 from tests.daemon_process import write_config
 from tests.services import MemcachedPool, PgDatabase
-
-
-@pytest.fixture
-def app(memcached: MemcachedPool) -> Iterator[HashClient]:
-    client = HashClient(memcached.servers, use_pooling=False, no_delay=True, default_noreply=False)
-    yield client
-    client.close()
 
 
 def run_warm(config: Path) -> subprocess.CompletedProcess[str]:
