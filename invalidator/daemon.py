@@ -14,6 +14,7 @@ finish in-flight work for up to ``drain_timeout`` seconds, confirm, return.
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
 import selectors
 import time
@@ -31,7 +32,8 @@ from .changes import Begin, Change, Commit, lsn_to_int
 from .config import Config, parse_server
 from .discovery import DiscoveryError, GracePlacement, Member, resolve
 from .errors import DecodeError, SourceError
-from .fastpath import FastPlanner
+from .fastpath import FastPlanner, fast_planners
+from .hotpath import HotPath
 from .metrics import Metrics
 from .nodes import FLUSH_OP, Entry, NodeChannel
 from .operations import Operation, SkippedKey
@@ -46,7 +48,7 @@ from .pgsource import (
 )
 from .placement import Rendezvous, node_name
 from .redelete import RedeleteScheduler
-from .replication import Keepalive, XLogData
+from .replication import Keepalive, ProtocolError, XLogData, parse_message
 from .rules import RuleSet, TableName, plan
 from .sink import Router
 from .skips import SkipReporter
@@ -69,8 +71,14 @@ _NO_IDENTITY = re.compile(
     r"no tuple identifier for (?P<op>\w+) in table "
     r'"(?P<schema>(?:[^"]|"")*)"\."(?P<table>(?:[^"]|"")*)"'
 )
-READ_BATCH = 256  # replication messages per loop turn: bounds how long the first one waits
-# for its deletes to be written (256 x ~10 us), yet amortises the loop
+READ_BATCH = 256  # replication messages per loop turn when caught up: bounds how long the
+# first one waits for its deletes to be written (256 x ~1 us), yet amortises the loop
+READ_BATCH_BACKLOG = 4096  # after a full read (a backlog): fewer turns, larger writes
+# Far behind the server's WAL, a read that found few messages waits this long before the
+# next one: latency is the backlog's anyway, and a loop turn per handful of messages costs
+# the CPU that PostgreSQL's decoding (on the same machine) needs to catch up.
+BACKLOG_BYTES = 1 << 20
+BACKLOG_COALESCE = 0.001
 PUBLISH_INTERVAL = 0.25  # metrics are tallied locally and published on this period
 LAG_INTERVAL = 1.0  # how often the server's WAL position is read for the lag metric
 
@@ -83,6 +91,13 @@ class Health:
     last_loop: float = field(default_factory=time.monotonic)
     last_error: str = ""
     confirmed_lsn: str = ""
+
+
+def _parse(data: Any) -> XLogData | Keepalive:
+    try:
+        return parse_message(data)
+    except ProtocolError as exc:
+        raise SourceError(f"replication protocol: {exc}") from None
 
 
 def commit_epoch(timestamp: str | None) -> float | None:
@@ -131,6 +146,8 @@ class Daemon:
         self._unknown_tables: dict[TableName, TableName | None] = {}
         self._watch_partitions = False
         self._fast: dict[TableName, FastPlanner] = {}
+        self._hot: HotPath | None = None  # the C decoder; rebuilt when rules or nodes change
+        self._hot_dirty = True
         self._redeletes = RedeleteScheduler()
         self._admin = Admin(self.dsn)
         self._wal = WalPosition(self.dsn)
@@ -191,6 +208,7 @@ class Daemon:
         for pool_name, placement in list(self.router.placements.items()):
             if isinstance(placement, GracePlacement) and placement.expired:
                 self.router.placements[pool_name] = placement.new
+                self._hot_dirty = True
         self._next_discovery = now + (min(every) if every else float("inf"))
 
     def _apply_membership(self, pool: str, members: list[Member], grace: float, now: float) -> None:
@@ -208,6 +226,7 @@ class Daemon:
         self.router.placements[pool] = (
             GracePlacement(new, old, now + grace) if old is not None else new
         )
+        self._hot_dirty = True
         names = {m.name for m in members}
         used = {n for p in self.router.placements.values() for n in p.nodes}
         for node in [n for n in self.channels if n not in used]:
@@ -233,6 +252,10 @@ class Daemon:
         self.stopping = True
 
     def run(self) -> int:
+        # What exists now (modules, config, rules) lives as long as the process: keep it out
+        # of every collection, and collect less often (the loop makes few cyclic objects).
+        gc.freeze()
+        gc.set_threshold(10_000, 20, 20)
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
@@ -431,11 +454,16 @@ class Daemon:
         wal_end = 0
         last_status = 0.0
         last_publish = 0.0
-        last_lag = 0.0
-        server_end = 0
+        last_lag = time.monotonic()
+        # The server's WAL end (the lag metric, backlog detection): the stream's own walEnd
+        # fields only repeat record positions in logical replication.
+        try:
+            server_end = self._wal.current()
+        except SourceError:
+            server_end = 0
         pg_buffered = False
+        hold_until = 0.0  # backlog coalescing: pg is not read before this
         sent_position = tracker.confirmed
-        metrics = self.metrics
         try:
             while True:
                 now = time.monotonic()
@@ -450,8 +478,10 @@ class Daemon:
                 pending = sum(c.pending for c in self.channels.values())
                 # Only a healthy node's full window pauses reading: an unreachable node's
                 # queue is bounded by its own overflow (flush_all on return) instead.
-                want_pg = not self.stopping and all(
-                    c.pending < NODE_WINDOW for c in self.channels.values() if c.healthy
+                want_pg = (
+                    not self.stopping
+                    and now >= hold_until
+                    and all(c.pending < NODE_WINDOW for c in self.channels.values() if c.healthy)
                 )
                 if want_pg != pg_registered:
                     if want_pg:
@@ -469,6 +499,8 @@ class Daemon:
                 if tracker.confirmed != sent_position:
                     # A status update deferred by the rate limit is due soon: wake for it.
                     timeout = min(timeout, max(0.0, last_status + STATUS_MIN_GAP - now))
+                if now < hold_until:
+                    timeout = min(timeout, hold_until - now)
                 if pg_buffered and want_pg:
                     timeout = 0.0
                 pg_ready = pg_buffered and want_pg
@@ -482,24 +514,42 @@ class Daemon:
                     if events & selectors.EVENT_WRITE:
                         channel.on_writable()
                 if pg_ready:
-                    messages = stream.read(READ_BATCH)
+                    if self._hot_dirty:
+                        self._rebuild_hot()
+                    limit = READ_BATCH_BACKLOG if pg_buffered else READ_BATCH
+                    raw = stream.read_raw(limit)
                     # A full batch may leave messages in libpq's buffer, which the socket
                     # will not signal again: read again on the next turn without waiting.
-                    pg_buffered = len(messages) == READ_BATCH
-                    for message in messages:
-                        if type(message) is XLogData:
-                            txn = self._on_xlog(message, txn, tracker)
-                            wal_end = max(wal_end, message.wal_end)
-                        elif isinstance(message, Keepalive):
-                            wal_end = max(wal_end, message.wal_end)
-                            if message.reply_requested:
-                                last_status = 0.0
+                    pg_buffered = len(raw) == limit
+                    if self._hot is not None:
+                        decoder = self._hot.decoder
+                        self._feed_hot(self._hot, raw, tracker)
+                        wal_end = max(wal_end, decoder.wal_end)
+                        if decoder.take_reply_requested():
+                            last_status = 0.0
+                        if not pg_buffered and server_end - decoder.position > BACKLOG_BYTES:
+                            hold_until = time.monotonic() + BACKLOG_COALESCE
+                    else:
+                        for data in raw:
+                            message = _parse(data)
+                            if type(message) is XLogData:
+                                txn = self._on_xlog(message, txn, tracker)
+                                wal_end = max(wal_end, message.wal_end)
+                            elif isinstance(message, Keepalive):
+                                wal_end = max(wal_end, message.wal_end)
+                                if message.reply_requested:
+                                    last_status = 0.0
                 turn = time.monotonic()
                 self._write_ready(turn)
-                for done in tracker.advance():
-                    if done.commit_time is not None:
-                        metrics.commit_to_ack.observe(max(0.0, time.time() - done.commit_time))
-                if txn is None and tracker.pending == 0 and wal_end:
+                finished = tracker.advance()
+                if finished:
+                    self._observe_latency(finished)
+                # Never confirm the server's WAL end inside a transaction (its commit may
+                # lie before that end): only when nothing is open or pending.
+                in_txn = txn is not None or (
+                    self._hot is not None and self._hot.decoder.in_transaction
+                )
+                if not in_txn and tracker.pending == 0 and wal_end:
                     tracker.idle_advance(wal_end)
                 now = time.monotonic()
                 moved = tracker.confirmed != sent_position
@@ -529,6 +579,86 @@ class Daemon:
             selector.close()
             stream.close()
             self.health.streaming = False
+
+    def _rebuild_hot(self) -> None:
+        """A new C decoder for the current fast planners and placements (the old one's
+        buffers are empty here: they are harvested after every read)."""
+        if self._hot is not None:
+            self._take_hot_counts(self._hot)
+        hot = HotPath(self._fast, self.router.placements)
+        self._hot = hot if len(hot) else None
+        self._hot_dirty = False
+
+    def _take_hot_counts(self, hot: HotPath) -> None:
+        for index, kind, count in hot.decoder.counts():
+            self._changes[(hot.tables[index], kind)] += count
+
+    def _feed_hot(self, hot: HotPath, raw: list[Any], tracker: AckTracker) -> None:
+        """Run a batch of messages through the C decoder; what it declines goes through the
+        Python engine, after the decoder's work so far (so per-node order is kept)."""
+        feed_many = hot.decoder.feed_many
+        i = 0
+        end = len(raw)
+        while i < end:
+            i = feed_many(raw, i)
+            if i == end:
+                break
+            self._harvest(hot, tracker)
+            message = _parse(raw[i])
+            if type(message) is XLogData:
+                self._on_declined(message, tracker)
+            i += 1
+        self._harvest(hot, tracker)
+
+    def _harvest(self, hot: HotPath, tracker: AckTracker) -> None:
+        """The decoder's requests and commits since the last harvest become one unit of
+        work in the tracker: confirmable up to its last commit once every node acked it."""
+        requests, commits, open_work = hot.decoder.harvest()
+        if not requests and not commits:
+            return
+        segment = tracker.begin()
+        channels = self.channels
+        slots = hot.slots
+        batch_ops = hot.batch_ops
+        for index, blob, count in requests:
+            channels[slots[index].node].submit_batch(batch_ops[index], blob, count, segment)
+        times = tuple(t for _, t in commits if t is not None)
+        tracker.commit(
+            segment,
+            commits[-1][0] if commits else 0,
+            # A transaction still streaming has no commit time: never "before a restart".
+            None if open_work or len(times) < len(commits) else max(times, default=None),
+        )
+        segment.commit_times = times
+
+    def _on_declined(self, message: XLogData, tracker: AckTracker) -> None:
+        """A record the C decoder left to Python: its work is a unit of its own."""
+        segment = tracker.begin()
+        if message.payload[11:12] in _ROW_ACTIONS:
+            self._on_xlog(message, segment, tracker)
+        else:
+            try:
+                event = decode_v2(message.payload)
+            except DecodeError as exc:
+                raise SourceError(
+                    f"undecodable wal2json record at {message.data_start:X}: {exc}"
+                ) from None
+            if isinstance(event, Change):
+                self._on_change(event, segment)
+            elif isinstance(event, Commit):
+                tracker.commit(segment, message.data_start, commit_epoch(event.timestamp))
+                return
+        tracker.commit(segment, 0, None)
+
+    def _observe_latency(self, finished: list[Txn]) -> None:
+        observe = self.metrics.commit_to_ack.observe
+        now = time.time()
+        for done in finished:
+            if done.commit_times:
+                for stamp in done.commit_times:
+                    observe(max(0.0, now - stamp))
+            elif done.commit_time is not None:
+                observe(max(0.0, now - done.commit_time))
 
     def _write_ready(self, now: float) -> None:
         """Send what is queued on every connected node that is not in a retry delay."""
@@ -579,7 +709,10 @@ class Daemon:
             tracker.commit(txn, message.data_start, commit_epoch(stamp))
             return None
         if kind in _ROW_ACTIONS and txn is not None and b'"type":"numeric' not in payload:
-            record = orjson.loads(payload)
+            try:
+                record = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                record = {}  # decode_v2 below reports it
             planner = self._fast.get((record.get("schema"), record.get("table")))
             if planner is not None:
                 change_kind = _ROW_ACTIONS[kind]
@@ -676,12 +809,8 @@ class Daemon:
 
     def _build_fast_planners(self) -> None:
         """Compile a FastPlanner for every table (and partition alias) with delete rules."""
-        self._fast = {}
-        names = list(self.rules.by_table) + list(self.rules.aliases)
-        for name in names:
-            rules = self.rules.rules_for(*name)
-            if FastPlanner.eligible(rules):
-                self._fast[name] = FastPlanner(rules, ".".join(name))
+        self._fast = fast_planners(self.rules)
+        self._hot_dirty = True
 
     def _resolve_partition(self, name: TableName) -> None:
         if name in self._unknown_tables:
@@ -702,6 +831,7 @@ class Daemon:
             self.rules.aliases[name] = parent
             if FastPlanner.eligible(self.rules.rules_for(*name)):
                 self._fast[name] = FastPlanner(self.rules.rules_for(*name), ".".join(name))
+                self._hot_dirty = True
             self.log.info(
                 "new partition watched", partition=".".join(name), parent=".".join(parent)
             )
@@ -723,7 +853,11 @@ class Daemon:
         results = self._op_results
         for entry in entries:
             op = entry.op
-            if op is FLUSH_OP:
+            if entry.batch:
+                results[(op.pool, "delete", "ok")] += entry.deleted
+                if entry.count > entry.deleted:
+                    results[(op.pool, "delete", "not_found")] += entry.count - entry.deleted
+            elif op is FLUSH_OP:
                 results[("*", "flush_all", entry.outcome)] += 1
             else:
                 results[(op.pool, op.op, entry.outcome or "ok")] += 1
@@ -774,6 +908,8 @@ class Daemon:
 
     def _publish(self, confirmed: int, wal_end: int) -> None:
         metrics = self.metrics
+        if self._hot is not None:
+            self._take_hot_counts(self._hot)
         metrics.confirmed_lsn.set(confirmed)
         if wal_end:
             metrics.replication_lag.set(max(0, wal_end - confirmed))

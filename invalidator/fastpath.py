@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .rules import CompiledRule
+from .rules import CompiledRule, RuleSet, TableName
 from .templates import MAX_KEY_BYTES, Template
 
 Renderer = Callable[[dict[str, Any]], "str | None"]
@@ -52,17 +52,19 @@ def _row(columns: Sequence[dict[str, Any]]) -> dict[str, Any]:
 class FastPlanner:
     """Delete-only rules of one table, compiled."""
 
-    __slots__ = ("kinds", "redelete", "renderers", "table")
+    __slots__ = ("kinds", "redelete", "renderers", "table", "templates")
 
     def __init__(self, rules: Sequence[CompiledRule], table: str):
         self.table = table  # "schema.table" as the change reports it (metrics, operations)
         self.redelete = rules[0].redelete if rules else None
         self.renderers: list[tuple[str, Renderer]] = []
+        self.templates: list[tuple[str, Template]] = []  # (pool, template), rule order
         kinds: set[str] = set()
         for rule in rules:
             kinds.update(rule.on)
             for template in rule.templates:
                 self.renderers.append((rule.pool, compile_renderer(template)))
+                self.templates.append((rule.pool, template))
         # Every rule must accept every kind we fast-path, or the general path decides.
         self.kinds = frozenset(
             k for k in ("insert", "update", "delete") if all(k in r.on for r in rules)
@@ -113,3 +115,13 @@ class FastPlanner:
                 seen.add(pair)
                 result.append(pair)
         return result
+
+
+def fast_planners(rules: RuleSet) -> dict[TableName, FastPlanner]:
+    """A FastPlanner for every table (and partition alias) whose rules are plain deletes."""
+    planners: dict[TableName, FastPlanner] = {}
+    for name in list(rules.by_table) + list(rules.aliases):
+        table_rules = rules.rules_for(*name)
+        if FastPlanner.eligible(table_rules):
+            planners[name] = FastPlanner(table_rules, ".".join(name))
+    return planners

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ._hotpath import scan_deletes
 from .memcache_protocol import add_request, classify, incr_request, request_for
 from .operations import Operation
 from .tracker import Txn
@@ -46,6 +47,10 @@ class Entry:
     txns: list[Txn] = field(default_factory=list)
     follow_up: str = ""  # "" | "add" | "incr": the bump protocol's second and third steps
     outcome: str = ""  # when finished: ok | not_found | not_stored | created | dropped
+    count: int = 1  # requests in ``request``: > 1 only for a batch of deletes
+    batch: bool = False  # ``request`` is ``count`` deletes (the C hot path's output)
+    remaining: int = 0  # a batch in flight: replies still to come
+    deleted: int = 0  # a batch: replies that were DELETED (the rest NOT_FOUND)
 
 
 def _settle(entry: Entry) -> None:
@@ -83,6 +88,7 @@ class NodeChannel:
         self.inflight: deque[Entry] = deque()
         self.unsent_deletes: dict[str, Entry] = {}
         self.flush: Entry | None = None
+        self.ops = 0  # requests queued or in flight (a batch counts each of its deletes)
         self.outbuf = bytearray()
         self.inbuf = bytearray()
         self.retry_at = 0.0
@@ -107,7 +113,8 @@ class NodeChannel:
         else:
             entry = Entry(op, request_for(op), [txn])
         self.queue.append(entry)
-        if len(self.queue) > self.max_queue and not self.healthy:
+        self.ops += 1
+        if self.ops > self.max_queue and not self.healthy:
             self._overflow()
 
     def submit_delete(self, op: Operation, key_bytes: bytes, txn: Txn) -> None:
@@ -120,7 +127,20 @@ class NodeChannel:
         entry = Entry(op, b"delete " + key_bytes + b"\r\n", [txn])
         self.unsent_deletes[op.key] = entry
         self.queue.append(entry)
-        if len(self.queue) > self.max_queue and not self.healthy:
+        self.ops += 1
+        if self.ops > self.max_queue and not self.healthy:
+            self._overflow()
+
+    def submit_batch(self, op: Operation, requests: bytes, count: int, txn: Txn) -> None:
+        """``count`` pipelined deletes (``delete <key>\r\n`` each) as one entry for ``txn``.
+
+        ``op`` names the pool (its key is empty). The batch is settled when all ``count``
+        replies are in; after a connection failure it is resent whole (deletes are
+        idempotent)."""
+        txn.outstanding += 1
+        self.queue.append(Entry(op, requests, [txn], count=count, batch=True))
+        self.ops += count
+        if self.ops > self.max_queue and not self.healthy:
             self._overflow()
 
     def drop_all(self) -> int:
@@ -130,10 +150,11 @@ class NodeChannel:
         self.queue.clear()
         self.unsent_deletes.clear()
         self.flush = None
+        self.ops = 0
         for entry in entries:
             entry.outcome = "dropped"
             _settle(entry)
-        return len(entries)
+        return sum(entry.count for entry in entries)
 
     def submit_redelete(self, op: Operation) -> bool:
         """A second delete that no transaction waits for; False if one is already queued."""
@@ -142,11 +163,16 @@ class NodeChannel:
         entry = Entry(op, b"delete " + op.key.encode() + b"\r\n", [])
         self.unsent_deletes[op.key] = entry
         self.queue.append(entry)
+        self.ops += 1
         return True
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + len(self.inflight)
+        """Requests queued or in flight."""
+        return self.ops
+
+    def _recount(self) -> None:
+        self.ops = sum(e.count for e in self.queue) + sum(e.count for e in self.inflight)
 
     @property
     def healthy(self) -> bool:
@@ -170,12 +196,14 @@ class NodeChannel:
                 barrier.outstanding += 1
             self.flush = Entry(FLUSH_OP, b"flush_all\r\n", [barrier] if barrier else [])
         self.queue.append(self.flush)
+        self._recount()
+        operations = sum(e.count for e in dropped)
         self.on_event(
             self.node,
             "overflow_flush",
-            len(dropped),
+            operations,
             f"queue over {self.max_queue} while unreachable: "
-            f"{len(dropped)} operations replaced by flush_all on return",
+            f"{operations} operations replaced by flush_all on return",
         )
 
     # -- connection ---------------------------------------------------------------------
@@ -228,7 +256,7 @@ class NodeChannel:
         self.retry_at = self.clock() + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         self.on_error(self.node, reason)
-        if len(self.queue) > self.max_queue:
+        if self.ops > self.max_queue:
             self._overflow()
 
     def check_timeout(self, now: float) -> None:
@@ -284,12 +312,13 @@ class NodeChannel:
             if moot:
                 entry.outcome = "dropped"
                 _settle(entry)
-                dropped += 1
+                dropped += entry.count
                 if self.unsent_deletes.get(entry.op.key) is entry:
                     del self.unsent_deletes[entry.op.key]
             else:
                 kept.append(entry)
         self.queue = kept
+        self._recount()
         if dropped:
             self.on_event(
                 self.node,
@@ -339,7 +368,10 @@ class NodeChannel:
             self.last_progress = self.clock()  # the timeout counts from the first request
         while queue and len(out) < MAX_WRITE:
             entry = queue.popleft()
-            if entry.op.op == "delete" and unsent.get(entry.op.key) is entry:
+            if entry.batch:
+                entry.remaining = entry.count  # (again, if it is being resent)
+                entry.deleted = 0
+            elif entry.op.op == "delete" and unsent.get(entry.op.key) is entry:
                 del unsent[entry.op.key]
             out += entry.request
             inflight.append(entry)
@@ -372,34 +404,57 @@ class NodeChannel:
             start = end + 5
         done: list[Entry] = []
         inflight = self.inflight
-        data = bytes(buf[start:])
-        lines = data.split(b"\r\n")
-        rest = lines.pop()  # an incomplete line (or b"")
+        data = bytes(buf)
+        end = len(data)
+        pos = start
         flush = self.flush
-        for line in lines:
+        while pos < end:
             if not inflight:
-                self._failed(f"unexpected reply {line[:40]!r}")
+                self._failed(f"unexpected reply {data[pos : pos + 40]!r}")
                 return done
-            entry = inflight.popleft()
-            # The common case inline: a plain delete answered DELETED or NOT_FOUND.
-            if entry.op.op == "delete" and entry is not flush:
-                if line == b"NOT_FOUND":
-                    entry.outcome = "not_found"
-                elif line == b"DELETED":
-                    entry.outcome = "ok"
+            entry = inflight[0]
+            if entry.batch:
+                lines, deleted, pos = scan_deletes(data, pos, entry.remaining)
+                entry.remaining -= lines
+                entry.deleted += deleted
+                if entry.remaining:
+                    eol = data.find(b"\r\n", pos)
+                    if eol < 0:
+                        break  # the rest of the batch's replies are still coming
+                    # An error reply within a batch (SERVER_ERROR ...): fail the connection;
+                    # the whole batch is resent after the backoff, like any unanswered work.
+                    line = data[pos:eol]
+                    self._failed(f"delete (batch of {entry.count}): {line[:80].decode('latin-1')}")
+                    return done
+                inflight.popleft()
+                entry.outcome = "ok"
+            else:
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                line = data[pos:eol]
+                pos = eol + 2
+                inflight.popleft()
+                # The common case inline: a plain delete answered DELETED or NOT_FOUND.
+                if entry.op.op == "delete" and entry is not flush:
+                    if line == b"NOT_FOUND":
+                        entry.outcome = "not_found"
+                    elif line == b"DELETED":
+                        entry.outcome = "ok"
+                    elif not self._reply(entry, line):
+                        if self.sock is None:
+                            return done  # the connection was failed: the rest is resent
+                        continue
                 elif not self._reply(entry, line):
                     if self.sock is None:
-                        return done  # the connection was failed: the rest is resent
+                        return done
                     continue
-            elif not self._reply(entry, line):
-                if self.sock is None:
-                    return done
-                continue
             for txn in entry.txns:
                 txn.outstanding -= 1
+            self.ops -= entry.count
             done.append(entry)
         if self.sock is not None:
-            self.inbuf = bytearray(rest)
+            self.inbuf = bytearray(data[pos:])
         if done:
             self.backoff = BACKOFF_MIN
             self.failures = 0

@@ -113,27 +113,41 @@ class ReplicationStream:
         return self.conn.pgconn.socket
 
     def read(self, limit: int = 10_000) -> list[XLogData | Keepalive]:
-        """Every message already received (up to ``limit``), without blocking."""
-        assert self.conn is not None
-        pg = self.conn.pgconn
-        messages: list[XLogData | Keepalive] = []
+        """Every message already received (up to ``limit``), parsed, without blocking."""
         try:
-            pg.consume_input()
-            while len(messages) < limit:
-                n, data = pg.get_copy_data(1)
-                if n == 0:
-                    break
-                if n < 0:
-                    result = pg.get_result()
-                    detail = (
-                        result.error_message.decode(errors="replace") if result is not None else ""
-                    )
-                    raise SourceError(redact(f"replication stream ended: {detail.strip()}"))
-                messages.append(parse_message(data))
-        except psycopg.Error as exc:
-            raise source_error("replication connection failed", exc) from None
+            return [parse_message(data) for data in self.read_raw(limit)]
         except ProtocolError as exc:
             raise SourceError(f"replication protocol: {exc}") from None
+
+    def read_raw(self, limit: int = 10_000) -> list[Any]:
+        """Every CopyData message already received (up to ``limit``) as a buffer (bytes or
+        memoryview), unparsed, without blocking: the hot path parses them in C."""
+        assert self.conn is not None
+        pg = self.conn.pgconn
+        messages: list[Any] = []
+        append = messages.append
+        try:
+            pg.consume_input()
+            refilled = True
+            while len(messages) < limit:
+                n, data = pg.get_copy_data(1)
+                if n > 0:
+                    append(data)
+                    refilled = False
+                    continue
+                if n == 0:
+                    # libpq reads the socket one buffer at a time: read it again until it
+                    # has no complete message left, so a backlog comes in large batches.
+                    if refilled:
+                        break
+                    pg.consume_input()
+                    refilled = True
+                    continue
+                result = pg.get_result()
+                detail = result.error_message.decode(errors="replace") if result is not None else ""
+                raise SourceError(redact(f"replication stream ended: {detail.strip()}"))
+        except psycopg.Error as exc:
+            raise source_error("replication connection failed", exc) from None
         return messages
 
     def send_status(self, flush: int, *, reply: bool = False) -> None:

@@ -20,6 +20,8 @@ class Txn:
     committed: bool = False
     end_lsn: int = 0
     commit_time: float | None = None  # commit timestamp (Unix seconds), for latency
+    # A unit of several transactions (the C hot path's): each one's commit time
+    commit_times: tuple[float, ...] = ()
 
     @property
     def done(self) -> bool:

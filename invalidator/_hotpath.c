@@ -1,0 +1,1391 @@
+/* The delete hot path in C: wal2json format-version 2 records -> memcached requests.
+ *
+ * A Decoder is built from the daemon's delete-only rules (fastpath.FastPlanner) and the
+ * pools' placements. feed() takes one CopyData message from the replication stream:
+ *
+ *   - XLogData with a B record: nothing to do (transactions are tracked by commits);
+ *   - XLogData with a C record: its position and commit time are recorded;
+ *   - XLogData with an I/U/D record of a known table: the keys are rendered exactly as
+ *     FastPlanner renders them, placed exactly as pymemcache's HashClient places them
+ *     (rendezvous over MurmurHash3 x86_32), and "delete <key>\r\n" is appended to the
+ *     request buffer of each (pool, node);
+ *   - a primary keepalive: its WAL end (and whether a reply was asked for) is recorded.
+ *
+ * Anything else - another table, a NULL or non-ASCII key value, a float, an escape we do
+ * not expect, a TRUNCATE, a logical message, a malformed record - is declined: feed()
+ * returns 1 and leaves no trace, and the caller hands the message to the Python engine,
+ * which gives the same answer and reports problems. Declining is always safe.
+ *
+ * harvest() hands over what was accumulated: per (pool, node) request blobs with their
+ * request counts, and the commits seen (end position, commit time).
+ *
+ * scan_deletes() counts consecutive DELETED / NOT_FOUND reply lines, so that the replies
+ * of a batch of N pipelined deletes are settled without a Python loop per line.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_KEY_BYTES 250
+#define MAX_COLS 64  /* columns a table's templates reference */
+#define MAX_KEYS 64  /* keys one change may produce */
+#define MAX_ROW_COLS 1664
+
+enum { KIND_INSERT = 1, KIND_UPDATE = 2, KIND_DELETE = 4 };
+enum { MODE_RENDEZVOUS = 0, MODE_BROADCAST = 1 };
+
+/* ---------------------------------------------------------------------------------- */
+/* MurmurHash3 x86_32 (public domain, Austin Appleby), as mmh3.hash(..., 0, False).    */
+
+static inline uint32_t rotl32(uint32_t x, int8_t r) { return (x << r) | (x >> (32 - r)); }
+
+static uint32_t murmur3_32(const unsigned char *data, Py_ssize_t len, uint32_t seed) {
+    const Py_ssize_t nblocks = len / 4;
+    uint32_t h1 = seed;
+    const uint32_t c1 = 0xcc9e2d51, c2 = 0x1b873593;
+    for (Py_ssize_t i = 0; i < nblocks; i++) {
+        uint32_t k1;
+        memcpy(&k1, data + i * 4, 4); /* little-endian, as on x86 */
+        k1 *= c1;
+        k1 = rotl32(k1, 15);
+        k1 *= c2;
+        h1 ^= k1;
+        h1 = rotl32(h1, 13);
+        h1 = h1 * 5 + 0xe6546b64;
+    }
+    const unsigned char *tail = data + nblocks * 4;
+    uint32_t k1 = 0;
+    switch (len & 3) {
+    case 3: k1 ^= (uint32_t)tail[2] << 16; /* fall through */
+    case 2: k1 ^= (uint32_t)tail[1] << 8;  /* fall through */
+    case 1:
+        k1 ^= tail[0];
+        k1 *= c1;
+        k1 = rotl32(k1, 15);
+        k1 *= c2;
+        h1 ^= k1;
+    }
+    h1 ^= (uint32_t)len;
+    h1 ^= h1 >> 16;
+    h1 *= 0x85ebca6b;
+    h1 ^= h1 >> 13;
+    h1 *= 0xc2b2ae35;
+    h1 ^= h1 >> 16;
+    return h1;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Plain data built from the Python configuration.                                     */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+} Bytes;
+
+typedef struct {
+    int pool;
+    int ncols;
+    Bytes *literals; /* ncols + 1 */
+    int *cols;       /* index into the table's column names */
+} Template;
+
+typedef struct {
+    Bytes schema, table;
+    int kinds;
+    int ncols;
+    Bytes cols[MAX_COLS];
+    int ntemplates;
+    Template *templates;
+    long long counts[3]; /* insert, update, delete consumed here */
+} Table;
+
+typedef struct {
+    Bytes prefix; /* "host:port-" */
+    Bytes name;   /* "host:port", for ties */
+    int slot;     /* index of this (pool, node) request buffer */
+} Node;
+
+typedef struct {
+    int mode;
+    int nnodes;
+    Node *nodes;
+} Pool;
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+    Py_ssize_t count;
+} Buffer;
+
+typedef struct {
+    PyObject_HEAD
+    int ntables;
+    Table *tables;
+    int npools;
+    Pool *pools;
+    int nslots;
+    Buffer *slots;
+    /* commits since the last harvest: end position and commit time (NaN: unknown) */
+    Py_ssize_t ncommits, commits_cap;
+    unsigned long long *commit_lsns;
+    double *commit_times;
+    int open_work; /* keys appended since the last commit */
+    int in_txn;    /* a B record seen and its C not yet */
+    unsigned long long wal_end;
+    unsigned long long position; /* data_start of the last XLogData */
+    int reply_requested;
+    Buffer scratch;
+} Decoder;
+
+static int buffer_reserve(Buffer *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* A minimal JSON scanner: enough of RFC 8259 to find tokens and skip values.          */
+
+enum { T_STRING, T_NUMBER, T_TRUE, T_FALSE, T_NULL, T_OTHER };
+
+typedef struct {
+    int type;
+    const char *start; /* strings: without quotes */
+    Py_ssize_t len;
+    int escaped;       /* a string containing a backslash */
+} Token;
+
+static inline const char *ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static inline int is_hex(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0 (as Python's strict
+ * decoder: no overlongs, no surrogates, nothing above U+10FFFF). */
+static Py_ssize_t utf8_sequence(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    Py_ssize_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (end - p < n || p[1] < lo || p[1] > hi)
+        return 0;
+    for (Py_ssize_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* A JSON string, strictly (RFC 8259): no raw control characters, valid escapes, valid
+ * UTF-8. Anything else is malformed, and a malformed record is always declined. */
+static const char *scan_string(const char *p, const char *end, Token *tok) {
+    /* p at the opening quote */
+    const char *s = ++p;
+    int escaped = 0;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            tok->type = T_STRING;
+            tok->start = s;
+            tok->len = p - s;
+            tok->escaped = escaped;
+            return p + 1;
+        }
+        if (c == '\\') {
+            escaped = 1;
+            if (p + 1 >= end)
+                return NULL;
+            char e = p[1];
+            if (e == 'u') {
+                if (end - p < 6 || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]) || !is_hex(p[5]))
+                    return NULL;
+                p += 6;
+                continue;
+            }
+            if (e != '"' && e != '\\' && e != '/' && e != 'b' && e != 'f' && e != 'n' &&
+                e != 'r' && e != 't')
+                return NULL;
+            p += 2;
+            continue;
+        }
+        if (c < 0x20)
+            return NULL;
+        if (c >= 0x80) {
+            Py_ssize_t n = utf8_sequence((const unsigned char *)p, (const unsigned char *)end);
+            if (n == 0)
+                return NULL;
+            p += n;
+            continue;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+/* A JSON number, strictly: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static const char *scan_number(const char *p, const char *end) {
+    if (p < end && *p == '-')
+        p++;
+    if (p >= end)
+        return NULL;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    } else {
+        return NULL;
+    }
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    /* the token must end here: a delimiter or the end */
+    if (p < end && !(*p == ',' || *p == '}' || *p == ']' || *p == ' ' || *p == '\t' ||
+                     *p == '\n' || *p == '\r'))
+        return NULL;
+    return p;
+}
+
+static const char *skip_value(const char *p, const char *end, int depth);
+
+static const char *scan_value(const char *p, const char *end, Token *tok, int depth) {
+    p = ws(p, end);
+    if (p >= end)
+        return NULL;
+    char c = *p;
+    if (c == '"')
+        return scan_string(p, end, tok);
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        const char *s = p;
+        p = scan_number(p, end);
+        if (p == NULL)
+            return NULL;
+        tok->type = T_NUMBER;
+        tok->start = s;
+        tok->len = p - s;
+        tok->escaped = 0;
+        return p;
+    }
+    tok->start = p;
+    tok->escaped = 0;
+    if (end - p >= 4 && memcmp(p, "true", 4) == 0) {
+        tok->type = T_TRUE;
+        tok->len = 4;
+        return p + 4;
+    }
+    if (end - p >= 5 && memcmp(p, "false", 5) == 0) {
+        tok->type = T_FALSE;
+        tok->len = 5;
+        return p + 5;
+    }
+    if (end - p >= 4 && memcmp(p, "null", 4) == 0) {
+        tok->type = T_NULL;
+        tok->len = 4;
+        return p + 4;
+    }
+    if (c == '{' || c == '[') {
+        const char *after = skip_value(p, end, depth);
+        tok->type = T_OTHER;
+        tok->len = after ? after - p : 0;
+        return after;
+    }
+    return NULL;
+}
+
+static const char *skip_value(const char *p, const char *end, int depth) {
+    Token tok;
+    p = ws(p, end);
+    if (p >= end || depth > 32)
+        return NULL;
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        int object = *p == '{';
+        p = ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (object) {
+                p = ws(p, end);
+                if (p >= end || *p != '"')
+                    return NULL;
+                p = scan_string(p, end, &tok);
+                if (p == NULL)
+                    return NULL;
+                p = ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p++;
+            }
+            p = skip_value(p, end, depth + 1);
+            if (p == NULL)
+                return NULL;
+            p = ws(p, end);
+            if (p >= end)
+                return NULL;
+            if (*p == ',') {
+                p++;
+                continue;
+            }
+            if (*p == close)
+                return p + 1;
+            return NULL;
+        }
+    }
+    return scan_value(p, end, &tok, depth);
+}
+
+static inline int token_is(const Token *t, const char *s, Py_ssize_t n) {
+    return t->len == n && memcmp(t->start, s, n) == 0;
+}
+
+/* One row ("columns" or "identity"): the values of the table's referenced columns, and
+ * every column name (for the UPDATE subset check). */
+typedef struct {
+    int present;
+    Token values[MAX_COLS];
+    int have[MAX_COLS];
+    int nnames;
+    Token names[MAX_ROW_COLS];
+} Row;
+
+static const char *scan_row(const char *p, const char *end, const Table *table, Row *row) {
+    Token key, name, value;
+    row->present = 1;
+    row->nnames = 0;
+    memset(row->have, 0, sizeof(int) * table->ncols);
+    p = ws(p, end);
+    if (p >= end || *p != '[')
+        return NULL;
+    p = ws(p + 1, end);
+    if (p < end && *p == ']')
+        return p + 1;
+    for (;;) {
+        p = ws(p, end);
+        if (p >= end || *p != '{')
+            return NULL;
+        p = ws(p + 1, end);
+        int got_name = 0, got_value = 0;
+        if (p < end && *p == '}') {
+            p++;
+        } else {
+            for (;;) {
+                p = ws(p, end);
+                if (p >= end || *p != '"')
+                    return NULL;
+                p = scan_string(p, end, &key);
+                if (p == NULL)
+                    return NULL;
+                p = ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p++;
+                if (token_is(&key, "name", 4)) {
+                    if (got_name)
+                        return NULL; /* a repeated member: decline, whoever would win */
+                    p = scan_value(p, end, &name, 1);
+                    if (p == NULL || name.type != T_STRING || name.escaped)
+                        return NULL;
+                    got_name = 1;
+                } else if (token_is(&key, "value", 5)) {
+                    if (got_value)
+                        return NULL;
+                    p = scan_value(p, end, &value, 1);
+                    if (p == NULL)
+                        return NULL;
+                    got_value = 1;
+                } else {
+                    p = skip_value(p, end, 1);
+                    if (p == NULL)
+                        return NULL;
+                }
+                p = ws(p, end);
+                if (p >= end)
+                    return NULL;
+                if (*p == ',') {
+                    p++;
+                    continue;
+                }
+                if (*p == '}') {
+                    p++;
+                    break;
+                }
+                return NULL;
+            }
+        }
+        if (!got_name || row->nnames >= MAX_ROW_COLS)
+            return NULL;
+        row->names[row->nnames++] = name;
+        for (int i = 0; i < table->ncols; i++) {
+            if (table->cols[i].len == name.len &&
+                memcmp(table->cols[i].data, name.start, name.len) == 0) {
+                /* a duplicate name: the last one wins, as in a dict */
+                row->have[i] = got_value;
+                if (got_value)
+                    row->values[i] = value;
+            }
+        }
+        p = ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == ']')
+            return p + 1;
+        return NULL;
+    }
+}
+
+/* Every name of `old` appears in `new` (both in attribute order, so a merge walk). */
+static int names_subset(const Row *old, const Row *new) {
+    int j = 0;
+    for (int i = 0; i < old->nnames; i++) {
+        const Token *a = &old->names[i];
+        while (j < new->nnames &&
+               !(new->names[j].len == a->len && memcmp(new->names[j].start, a->start, a->len) == 0))
+            j++;
+        if (j == new->nnames)
+            return 0;
+        j++;
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Rendering keys, as fastpath.compile_renderer does over orjson's values.             */
+
+/* Append one value's text; 0 = declined (NULL, absent, float, big number, odd escape). */
+static int render_value(Buffer *out, const Token *v) {
+    switch (v->type) {
+    case T_STRING:
+        if (buffer_reserve(out, v->len) < 0)
+            return -1;
+        if (!v->escaped) {
+            memcpy(out->data + out->len, v->start, v->len);
+            out->len += v->len;
+            return 1;
+        }
+        for (Py_ssize_t i = 0; i < v->len; i++) {
+            char c = v->start[i];
+            if (c == '\\') {
+                if (++i >= v->len)
+                    return 0;
+                c = v->start[i];
+                if (c != '"' && c != '\\' && c != '/')
+                    return 0; /* \n \t \uXXXX ...: never a valid ASCII key byte here */
+            }
+            out->data[out->len++] = c;
+        }
+        return 1;
+    case T_NUMBER: {
+        /* orjson: an integer literal is a Python int whose str() is the literal itself
+         * (JSON forbids leading zeros); anything else is (or may be) a float. */
+        Py_ssize_t digits = v->len, i = 0;
+        if (v->start[0] == '-') {
+            i = 1;
+            digits--;
+        }
+        if (digits < 1 || digits > 18)
+            return 0;
+        if (digits == 1 && i == 1 && v->start[1] == '0')
+            return 0; /* -0 is 0 */
+        for (; i < v->len; i++)
+            if (v->start[i] < '0' || v->start[i] > '9')
+                return 0;
+        if (buffer_reserve(out, v->len) < 0)
+            return -1;
+        memcpy(out->data + out->len, v->start, v->len);
+        out->len += v->len;
+        return 1;
+    }
+    case T_TRUE:
+    case T_FALSE: {
+        const char *s = v->type == T_TRUE ? "True" : "False";
+        Py_ssize_t n = v->type == T_TRUE ? 4 : 5;
+        if (buffer_reserve(out, n) < 0)
+            return -1;
+        memcpy(out->data + out->len, s, n);
+        out->len += n;
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+
+typedef struct {
+    int pool;
+    Py_ssize_t start, len; /* in the decoder's scratch buffer */
+} Key;
+
+/* Render every key of one change into scratch; 1 = ok, 0 = declined, -1 = error. */
+static int render_keys(Decoder *self, const Table *table, const Row *rows[2], int nrows, Key *keys,
+                       int *nkeys) {
+    Buffer *out = &self->scratch;
+    out->len = 0;
+    *nkeys = 0;
+    for (int t = 0; t < table->ntemplates; t++) {
+        const Template *tpl = &table->templates[t];
+        for (int r = 0; r < nrows; r++) {
+            const Row *row = rows[r];
+            Py_ssize_t start = out->len;
+            for (int c = 0; c <= tpl->ncols; c++) {
+                const Bytes *lit = &tpl->literals[c];
+                if (lit->len) {
+                    if (buffer_reserve(out, lit->len) < 0)
+                        return -1;
+                    memcpy(out->data + out->len, lit->data, lit->len);
+                    out->len += lit->len;
+                }
+                if (c < tpl->ncols) {
+                    int col = tpl->cols[c];
+                    if (!row->have[col])
+                        return 0;
+                    int ok = render_value(out, &row->values[col]);
+                    if (ok <= 0)
+                        return ok;
+                }
+            }
+            Py_ssize_t len = out->len - start;
+            /* (pool, key) already produced by this change: one delete serves */
+            int dup = 0;
+            for (int k = 0; k < *nkeys; k++) {
+                if (keys[k].pool == tpl->pool && keys[k].len == len &&
+                    memcmp(out->data + keys[k].start, out->data + start, len) == 0) {
+                    dup = 1;
+                    break;
+                }
+            }
+            if (dup) {
+                out->len = start;
+                continue;
+            }
+            if (len > MAX_KEY_BYTES || len == 0)
+                return 0;
+            for (Py_ssize_t i = start; i < out->len; i++) {
+                unsigned char b = (unsigned char)out->data[i];
+                if (b < 0x21 || b > 0x7e)
+                    return 0; /* space, control or non-ASCII: the general path decides */
+            }
+            if (*nkeys >= MAX_KEYS)
+                return 0;
+            keys[*nkeys].pool = tpl->pool;
+            keys[*nkeys].start = start;
+            keys[*nkeys].len = len;
+            (*nkeys)++;
+        }
+    }
+    return 1;
+}
+
+static int append_delete(Buffer *b, const char *key, Py_ssize_t len) {
+    if (buffer_reserve(b, len + 9) < 0)
+        return -1;
+    char *p = b->data + b->len;
+    memcpy(p, "delete ", 7);
+    memcpy(p + 7, key, len);
+    p[7 + len] = '\r';
+    p[8 + len] = '\n';
+    b->len += len + 9;
+    b->count++;
+    return 0;
+}
+
+static int bytes_less(const Bytes *a, const Bytes *b) {
+    Py_ssize_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->data, b->data, n);
+    return c < 0 || (c == 0 && a->len < b->len);
+}
+
+static int place_keys(Decoder *self, const Key *keys, int nkeys) {
+    unsigned char hashbuf[512];
+    for (int k = 0; k < nkeys; k++) {
+        const Pool *pool = &self->pools[keys[k].pool];
+        const char *key = self->scratch.data + keys[k].start;
+        Py_ssize_t len = keys[k].len;
+        if (pool->mode == MODE_BROADCAST) {
+            for (int n = 0; n < pool->nnodes; n++)
+                if (append_delete(&self->slots[pool->nodes[n].slot], key, len) < 0)
+                    return -1;
+            continue;
+        }
+        /* pymemcache RendezvousHash: the highest murmur3("<node>-<key>") wins; a tie goes
+         * to the greater node name. */
+        long long best = -1;
+        const Node *winner = NULL;
+        for (int n = 0; n < pool->nnodes; n++) {
+            const Node *node = &pool->nodes[n];
+            memcpy(hashbuf, node->prefix.data, node->prefix.len);
+            memcpy(hashbuf + node->prefix.len, key, len);
+            long long score = murmur3_32(hashbuf, node->prefix.len + len, 0);
+            if (score > best || (score == best && bytes_less(&winner->name, &node->name))) {
+                best = score;
+                winner = node;
+            }
+        }
+        if (append_delete(&self->slots[winner->slot], key, len) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Commit timestamps: "2026-11-24 05:05:01.307451+00" (the session runs in UTC).       */
+
+static long long days_from_civil(long long y, unsigned m, unsigned d) {
+    y -= m <= 2;
+    const long long era = (y >= 0 ? y : y - 399) / 400;
+    const unsigned yoe = (unsigned)(y - era * 400);
+    const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+static int digits_at(const char *p, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+static double parse_timestamp(const char *s, Py_ssize_t n) {
+    int y, mo, d, h, mi, sec;
+    if (n < 19 || s[4] != '-' || s[7] != '-' || (s[10] != ' ' && s[10] != 'T') || s[13] != ':' ||
+        s[16] != ':')
+        return NAN;
+    if (!digits_at(s, 4, &y) || !digits_at(s + 5, 2, &mo) || !digits_at(s + 8, 2, &d) ||
+        !digits_at(s + 11, 2, &h) || !digits_at(s + 14, 2, &mi) || !digits_at(s + 17, 2, &sec))
+        return NAN;
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 ||
+        mi > 59 || sec > 59)
+        return NAN;
+    Py_ssize_t i = 19;
+    double frac = 0.0, scale = 0.1;
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            frac += (s[i] - '0') * scale;
+            scale /= 10;
+            i++;
+        }
+    }
+    long offset = 0;
+    if (i < n && (s[i] == '+' || s[i] == '-')) {
+        int sign = s[i] == '-' ? -1 : 1, oh = 0, om = 0;
+        i++;
+        if (i + 2 > n || !digits_at(s + i, 2, &oh))
+            return NAN;
+        i += 2;
+        if (i < n && s[i] == ':')
+            i++;
+        if (i + 2 <= n && digits_at(s + i, 2, &om))
+            i += 2;
+        if (oh > 23 || om > 59)
+            return NAN;
+        offset = sign * (oh * 3600L + om * 60L);
+    } else {
+        return NAN; /* no zone: unknown */
+    }
+    if (i != n)
+        return NAN;
+    long long days = days_from_civil(y, (unsigned)mo, (unsigned)d);
+    return (double)(days * 86400LL + h * 3600LL + mi * 60LL + sec - offset) + frac;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* feed(): one CopyData message.                                                       */
+
+static inline unsigned long long be64(const unsigned char *p) {
+    unsigned long long v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static int record_commit(Decoder *self, unsigned long long lsn, double when) {
+    if (self->ncommits == self->commits_cap) {
+        Py_ssize_t cap = self->commits_cap ? self->commits_cap * 2 : 64;
+        unsigned long long *lsns = PyMem_Realloc(self->commit_lsns, cap * sizeof(*lsns));
+        if (lsns == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->commit_lsns = lsns;
+        double *times = PyMem_Realloc(self->commit_times, cap * sizeof(*times));
+        if (times == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->commit_times = times;
+        self->commits_cap = cap;
+    }
+    self->commit_lsns[self->ncommits] = lsn;
+    self->commit_times[self->ncommits] = when;
+    self->ncommits++;
+    self->open_work = 0;
+    return 0;
+}
+
+/* 0 = consumed, 1 = declined, -1 = error (exception set). */
+static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
+    if (n >= 18 && msg[0] == 'k') {
+        unsigned long long end = be64(msg + 1);
+        if (end > self->wal_end)
+            self->wal_end = end;
+        if (msg[17])
+            self->reply_requested = 1;
+        return 0;
+    }
+    if (n < 25 || msg[0] != 'w')
+        return 1;
+    unsigned long long data_start = be64(msg + 1), end = be64(msg + 9);
+    self->position = data_start;
+    const char *p = (const char *)msg + 25, *stop = (const char *)msg + n;
+    Token key, tok;
+    int seen_xid = 0;
+    Token action = {0}, schema = {0}, tname = {0}, stamp = {0};
+    const Table *table = NULL;
+    /* Rows live on the decoder's stack of two: new ("columns") and old ("identity"). */
+    static Row new_row, old_row;
+    new_row.present = 0;
+    old_row.present = 0;
+
+    p = ws(p, stop);
+    if (p >= stop || *p != '{')
+        return 1;
+    p = ws(p + 1, stop);
+    for (;;) {
+        p = ws(p, stop);
+        if (p >= stop || *p != '"')
+            return 1;
+        p = scan_string(p, stop, &key);
+        if (p == NULL)
+            return 1;
+        p = ws(p, stop);
+        if (p >= stop || *p != ':')
+            return 1;
+        p++;
+        /* A repeated member is declined: JSON parsers disagree on which one wins. */
+        if (token_is(&key, "action", 6)) {
+            if (action.start != NULL)
+                return 1;
+            p = scan_value(p, stop, &action, 0);
+            if (p == NULL || action.type != T_STRING || action.len != 1)
+                return 1;
+            char a = action.start[0];
+            if (a != 'B' && a != 'C' && a != 'I' && a != 'U' && a != 'D')
+                return 1;
+        } else if (token_is(&key, "timestamp", 9)) {
+            if (stamp.start != NULL)
+                return 1;
+            p = scan_value(p, stop, &stamp, 0);
+            if (p == NULL || stamp.type != T_STRING)
+                return 1;
+        } else if (token_is(&key, "xid", 3)) {
+            if (seen_xid++)
+                return 1;
+            p = scan_value(p, stop, &tok, 0);
+            if (p == NULL || tok.type != T_NUMBER)
+                return 1;
+            for (Py_ssize_t i = 0; i < tok.len; i++)
+                if (tok.start[i] < '0' || tok.start[i] > '9')
+                    return 1;
+        } else if (token_is(&key, "schema", 6)) {
+            if (schema.start != NULL)
+                return 1;
+            p = scan_value(p, stop, &schema, 0);
+            if (p == NULL || schema.type != T_STRING || schema.escaped)
+                return 1;
+        } else if (token_is(&key, "table", 5)) {
+            if (tname.start != NULL)
+                return 1;
+            p = scan_value(p, stop, &tname, 0);
+            if (p == NULL || tname.type != T_STRING || tname.escaped)
+                return 1;
+        } else if (token_is(&key, "columns", 7) || token_is(&key, "identity", 8)) {
+            if (table == NULL) {
+                if (action.start == NULL || schema.start == NULL || tname.start == NULL)
+                    return 1; /* wal2json names the table first; otherwise decline */
+                for (int i = 0; i < self->ntables; i++) {
+                    const Table *t = &self->tables[i];
+                    if (t->schema.len == schema.len && t->table.len == tname.len &&
+                        memcmp(t->schema.data, schema.start, schema.len) == 0 &&
+                        memcmp(t->table.data, tname.start, tname.len) == 0) {
+                        table = t;
+                        break;
+                    }
+                }
+                if (table == NULL)
+                    return 1;
+            }
+            Row *row = key.len == 7 ? &new_row : &old_row;
+            if (row->present)
+                return 1;
+            p = scan_row(p, stop, table, row);
+            if (p == NULL)
+                return 1;
+        } else {
+            p = skip_value(p, stop, 0);
+            if (p == NULL)
+                return 1;
+        }
+        p = ws(p, stop);
+        if (p >= stop)
+            return 1;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == '}')
+            break;
+        return 1;
+    }
+    if (ws(p + 1, stop) != stop || action.start == NULL)
+        return 1;
+    char a = action.start[0];
+    if (a == 'B') {
+        self->in_txn = 1;
+        if (end > self->wal_end)
+            self->wal_end = end;
+        return 0;
+    }
+    if (a == 'C') {
+        double when = NAN;
+        if (stamp.start != NULL && stamp.type == T_STRING)
+            when = parse_timestamp(stamp.start, stamp.len);
+        if (end > self->wal_end)
+            self->wal_end = end;
+        self->in_txn = 0;
+        return record_commit(self, data_start, when) < 0 ? -1 : 0;
+    }
+    if (table == NULL) {
+        /* no row at all: find the table for the kinds check below anyway */
+        return 1;
+    }
+    int kind = a == 'I' ? KIND_INSERT : a == 'U' ? KIND_UPDATE : KIND_DELETE;
+    if (!(table->kinds & kind))
+        return 1;
+    const Row *rows[2];
+    int nrows;
+    if (kind == KIND_INSERT) {
+        if (!new_row.present)
+            return 1;
+        rows[0] = &new_row;
+        nrows = 1;
+    } else if (kind == KIND_DELETE) {
+        if (!old_row.present)
+            return 1;
+        rows[0] = &old_row;
+        nrows = 1;
+    } else {
+        if (!new_row.present || !old_row.present)
+            return 1;
+        if (!names_subset(&old_row, &new_row))
+            return 1; /* unchanged TOAST columns: the general path merges rows */
+        rows[0] = &old_row;
+        rows[1] = &new_row;
+        nrows = 2;
+    }
+    Key keys[MAX_KEYS];
+    int nkeys = 0;
+    int ok = render_keys(self, table, rows, nrows, keys, &nkeys);
+    if (ok < 0)
+        return -1;
+    if (ok == 0)
+        return 1;
+    if (place_keys(self, keys, nkeys) < 0)
+        return -1;
+    ((Table *)table)->counts[kind == KIND_INSERT ? 0 : kind == KIND_UPDATE ? 1 : 2]++;
+    if (nkeys)
+        self->open_work = 1;
+    if (end > self->wal_end)
+        self->wal_end = end;
+    return 0;
+}
+
+static PyObject *Decoder_feed(Decoder *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int r = feed_message(self, view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* feed_many(messages) -> index of the first declined message, or len(messages). */
+static PyObject *Decoder_feed_many(Decoder *self, PyObject *args) {
+    PyObject *seq;
+    Py_ssize_t start = 0;
+    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &seq, &start))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(seq);
+    for (Py_ssize_t i = start; i < n; i++) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(seq, i), &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        int r = feed_message(self, view.buf, view.len);
+        PyBuffer_Release(&view);
+        if (r < 0)
+            return NULL;
+        if (r)
+            return PyLong_FromSsize_t(i);
+    }
+    return PyLong_FromSsize_t(n);
+}
+
+/* harvest() -> (requests, commits, open)
+ *   requests: [(slot, bytes, count)] for every (pool, node) with requests
+ *   commits:  [(end_lsn, commit_time or None)] in order
+ *   open:     keys were appended after the last commit (a transaction still streaming) */
+static PyObject *Decoder_harvest(Decoder *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *requests = PyList_New(0), *commits = NULL, *result = NULL;
+    if (requests == NULL)
+        return NULL;
+    for (int s = 0; s < self->nslots; s++) {
+        Buffer *b = &self->slots[s];
+        if (!b->count)
+            continue;
+        PyObject *item = Py_BuildValue("(iy#n)", s, b->data, b->len, b->count);
+        if (item == NULL || PyList_Append(requests, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+        b->len = 0;
+        b->count = 0;
+    }
+    commits = PyList_New(self->ncommits);
+    if (commits == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < self->ncommits; i++) {
+        PyObject *when;
+        if (isnan(self->commit_times[i])) {
+            when = Py_NewRef(Py_None);
+        } else {
+            when = PyFloat_FromDouble(self->commit_times[i]);
+            if (when == NULL)
+                goto fail;
+        }
+        PyObject *item = Py_BuildValue("(KN)", self->commit_lsns[i], when);
+        if (item == NULL)
+            goto fail;
+        PyList_SET_ITEM(commits, i, item);
+    }
+    self->ncommits = 0;
+    result = Py_BuildValue("(NNO)", requests, commits, self->open_work ? Py_True : Py_False);
+    self->open_work = 0;
+    return result;
+fail:
+    Py_XDECREF(requests);
+    Py_XDECREF(commits);
+    return NULL;
+}
+
+/* counts() -> [(table index, "insert"|"update"|"delete", n)] since the last call */
+static PyObject *Decoder_counts(Decoder *self, PyObject *Py_UNUSED(ignored)) {
+    static const char *names[3] = {"insert", "update", "delete"};
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (int t = 0; t < self->ntables; t++) {
+        for (int k = 0; k < 3; k++) {
+            long long n = self->tables[t].counts[k];
+            if (!n)
+                continue;
+            PyObject *item = Py_BuildValue("(isL)", t, names[k], n);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(item);
+            self->tables[t].counts[k] = 0;
+        }
+    }
+    return out;
+}
+
+/* take_reply_requested() -> bool, and clears it */
+static PyObject *Decoder_take_reply_requested(Decoder *self, PyObject *Py_UNUSED(ignored)) {
+    int r = self->reply_requested;
+    self->reply_requested = 0;
+    return PyBool_FromLong(r);
+}
+
+static PyObject *Decoder_get_wal_end(Decoder *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(self->wal_end);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Construction: Decoder(tables, pools, nslots)                                        */
+/*   tables: [(schema: bytes, table: bytes, kinds: int, columns: [bytes],             */
+/*             templates: [(pool: int, literals: [bytes], columns: [int])])]          */
+/*   pools:  [(mode: int, [(prefix: bytes, name: bytes, slot: int)])]                 */
+
+static int copy_bytes(PyObject *obj, Bytes *out) {
+    char *data;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(obj, &data, &len) < 0)
+        return -1;
+    out->data = PyMem_Malloc(len ? len : 1);
+    if (out->data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(out->data, data, len);
+    out->len = len;
+    return 0;
+}
+
+static void Decoder_free_data(Decoder *self) {
+    for (int t = 0; t < self->ntables; t++) {
+        Table *table = &self->tables[t];
+        PyMem_Free(table->schema.data);
+        PyMem_Free(table->table.data);
+        for (int c = 0; c < table->ncols; c++)
+            PyMem_Free(table->cols[c].data);
+        for (int i = 0; i < table->ntemplates; i++) {
+            Template *tpl = &table->templates[i];
+            if (tpl->literals)
+                for (int c = 0; c <= tpl->ncols; c++)
+                    PyMem_Free(tpl->literals[c].data);
+            PyMem_Free(tpl->literals);
+            PyMem_Free(tpl->cols);
+        }
+        PyMem_Free(table->templates);
+    }
+    PyMem_Free(self->tables);
+    self->tables = NULL;
+    self->ntables = 0;
+    for (int p = 0; p < self->npools; p++) {
+        Pool *pool = &self->pools[p];
+        for (int n = 0; n < pool->nnodes; n++) {
+            PyMem_Free(pool->nodes[n].prefix.data);
+            PyMem_Free(pool->nodes[n].name.data);
+        }
+        PyMem_Free(pool->nodes);
+    }
+    PyMem_Free(self->pools);
+    self->pools = NULL;
+    self->npools = 0;
+    for (int s = 0; s < self->nslots; s++)
+        PyMem_Free(self->slots[s].data);
+    PyMem_Free(self->slots);
+    self->slots = NULL;
+    self->nslots = 0;
+    PyMem_Free(self->commit_lsns);
+    PyMem_Free(self->commit_times);
+    self->commit_lsns = NULL;
+    self->commit_times = NULL;
+    PyMem_Free(self->scratch.data);
+    self->scratch.data = NULL;
+}
+
+static int build_template(PyObject *spec, Template *tpl, int ntablecols, int npools) {
+    PyObject *literals, *cols;
+    if (!PyArg_ParseTuple(spec, "iO!O!", &tpl->pool, &PyList_Type, &literals, &PyList_Type, &cols))
+        return -1;
+    Py_ssize_t ncols = PyList_GET_SIZE(cols);
+    if (PyList_GET_SIZE(literals) != ncols + 1 || tpl->pool < 0 || tpl->pool >= npools) {
+        PyErr_SetString(PyExc_ValueError, "template: literals must be one more than columns");
+        return -1;
+    }
+    tpl->literals = PyMem_Calloc(ncols + 1, sizeof(Bytes));
+    tpl->cols = PyMem_Calloc(ncols ? ncols : 1, sizeof(int));
+    if (tpl->literals == NULL || tpl->cols == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    tpl->ncols = -1; /* until every literal is copied, for Decoder_free_data */
+    for (Py_ssize_t c = 0; c <= ncols; c++) {
+        if (copy_bytes(PyList_GET_ITEM(literals, c), &tpl->literals[c]) < 0) {
+            tpl->ncols = (int)c - 1;
+            return -1;
+        }
+    }
+    tpl->ncols = (int)ncols;
+    for (Py_ssize_t c = 0; c < ncols; c++) {
+        long col = PyLong_AsLong(PyList_GET_ITEM(cols, c));
+        if (col == -1 && PyErr_Occurred())
+            return -1;
+        if (col < 0 || col >= ntablecols) {
+            PyErr_SetString(PyExc_ValueError, "template: column index out of range");
+            return -1;
+        }
+        tpl->cols[c] = (int)col;
+    }
+    return 0;
+}
+
+static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"tables", "pools", "slots", NULL};
+    PyObject *tables, *pools;
+    int nslots;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!i", kwlist, &PyList_Type, &tables,
+                                     &PyList_Type, &pools, &nslots))
+        return -1;
+    Decoder_free_data(self);
+    self->slots = PyMem_Calloc(nslots ? nslots : 1, sizeof(Buffer));
+    if (self->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->nslots = nslots;
+    Py_ssize_t npools = PyList_GET_SIZE(pools);
+    self->pools = PyMem_Calloc(npools ? npools : 1, sizeof(Pool));
+    if (self->pools == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t p = 0; p < npools; p++) {
+        Pool *pool = &self->pools[p];
+        PyObject *nodes;
+        self->npools = (int)p + 1;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(pools, p), "iO!", &pool->mode, &PyList_Type, &nodes))
+            return -1;
+        Py_ssize_t nnodes = PyList_GET_SIZE(nodes);
+        if (nnodes < 1) {
+            PyErr_SetString(PyExc_ValueError, "a pool needs at least one node");
+            return -1;
+        }
+        pool->nodes = PyMem_Calloc(nnodes, sizeof(Node));
+        if (pool->nodes == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t n = 0; n < nnodes; n++) {
+            Node *node = &pool->nodes[n];
+            PyObject *prefix, *name;
+            pool->nnodes = (int)n + 1;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(nodes, n), "SSi", &prefix, &name, &node->slot))
+                return -1;
+            if (copy_bytes(prefix, &node->prefix) < 0 || copy_bytes(name, &node->name) < 0)
+                return -1;
+            if (node->slot < 0 || node->slot >= nslots || node->prefix.len > 200) {
+                PyErr_SetString(PyExc_ValueError, "node: slot out of range or name too long");
+                return -1;
+            }
+        }
+    }
+    Py_ssize_t ntables = PyList_GET_SIZE(tables);
+    self->tables = PyMem_Calloc(ntables ? ntables : 1, sizeof(Table));
+    if (self->tables == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t t = 0; t < ntables; t++) {
+        Table *table = &self->tables[t];
+        PyObject *schema, *name, *cols, *templates;
+        self->ntables = (int)t + 1;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(tables, t), "SSiO!O!", &schema, &name, &table->kinds,
+                              &PyList_Type, &cols, &PyList_Type, &templates))
+            return -1;
+        if (copy_bytes(schema, &table->schema) < 0 || copy_bytes(name, &table->table) < 0)
+            return -1;
+        Py_ssize_t ncols = PyList_GET_SIZE(cols);
+        if (ncols > MAX_COLS) {
+            PyErr_SetString(PyExc_ValueError, "too many columns in one table's templates");
+            return -1;
+        }
+        for (Py_ssize_t c = 0; c < ncols; c++) {
+            if (copy_bytes(PyList_GET_ITEM(cols, c), &table->cols[c]) < 0)
+                return -1;
+            table->ncols = (int)c + 1;
+        }
+        Py_ssize_t ntemplates = PyList_GET_SIZE(templates);
+        table->templates = PyMem_Calloc(ntemplates ? ntemplates : 1, sizeof(Template));
+        if (table->templates == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < ntemplates; i++) {
+            table->ntemplates = (int)i + 1;
+            if (build_template(PyList_GET_ITEM(templates, i), &table->templates[i], table->ncols,
+                               self->npools) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static void Decoder_dealloc(Decoder *self) {
+    Decoder_free_data(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Decoder_methods[] = {
+    {"feed", (PyCFunction)Decoder_feed, METH_O,
+     "feed(message) -> True if declined (the caller must process it), else False."},
+    {"feed_many", (PyCFunction)Decoder_feed_many, METH_VARARGS,
+     "feed_many(messages, start=0) -> index of the first declined message, or len(messages)."},
+    {"harvest", (PyCFunction)Decoder_harvest, METH_NOARGS,
+     "harvest() -> ([(slot, requests, count)], [(end_lsn, commit_time)], open)."},
+    {"counts", (PyCFunction)Decoder_counts, METH_NOARGS,
+     "counts() -> [(table index, kind, changes)] consumed since the last call."},
+    {"take_reply_requested", (PyCFunction)Decoder_take_reply_requested, METH_NOARGS,
+     "Whether a keepalive asked for a reply since the last call."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Decoder_get_position(Decoder *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(self->position);
+}
+
+static PyObject *Decoder_get_in_transaction(Decoder *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->in_txn);
+}
+
+static PyGetSetDef Decoder_getset[] = {
+    {"wal_end", (getter)Decoder_get_wal_end, NULL, "Highest WAL end seen.", NULL},
+    {"position", (getter)Decoder_get_position, NULL,
+     "Start position of the last XLogData message fed.", NULL},
+    {"in_transaction", (getter)Decoder_get_in_transaction, NULL,
+     "A transaction's B record was consumed and its C record not yet.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DecoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "invalidator._hotpath.Decoder",
+    .tp_basicsize = sizeof(Decoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "wal2json v2 CopyData messages -> pipelined memcached deletes per (pool, node).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Decoder_init,
+    .tp_dealloc = (destructor)Decoder_dealloc,
+    .tp_methods = Decoder_methods,
+    .tp_getset = Decoder_getset,
+};
+
+/* ---------------------------------------------------------------------------------- */
+/* scan_deletes(buffer, pos, limit) -> (lines, deleted, pos)                           */
+
+static PyObject *scan_deletes(PyObject *module, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos, limit;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &pos, &limit))
+        return NULL;
+    const char *buf = view.buf;
+    Py_ssize_t n = view.len, lines = 0, deleted = 0;
+    while (lines < limit && pos < n) {
+        if (n - pos >= 9 && memcmp(buf + pos, "DELETED\r\n", 9) == 0) {
+            pos += 9;
+            deleted++;
+        } else if (n - pos >= 11 && memcmp(buf + pos, "NOT_FOUND\r\n", 11) == 0) {
+            pos += 11;
+        } else {
+            break; /* another reply, or an incomplete line */
+        }
+        lines++;
+    }
+    PyBuffer_Release(&view);
+    return Py_BuildValue("(nnn)", lines, deleted, pos);
+}
+
+static PyObject *hash_murmur3(PyObject *module, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t h = murmur3_32(view.buf, view.len, 0);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(h);
+}
+
+static PyObject *py_parse_timestamp(PyObject *module, PyObject *arg) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
+    if (s == NULL)
+        return NULL;
+    double when = parse_timestamp(s, n);
+    if (isnan(when))
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(when);
+}
+
+static PyMethodDef module_methods[] = {
+    {"scan_deletes", scan_deletes, METH_VARARGS,
+     "scan_deletes(buffer, pos, limit) -> (lines, deleted, pos): consecutive DELETED / "
+     "NOT_FOUND reply lines from pos, at most limit."},
+    {"murmur3", hash_murmur3, METH_O, "MurmurHash3 x86_32, seed 0, unsigned."},
+    {"parse_timestamp", py_parse_timestamp, METH_O,
+     "A wal2json commit timestamp as Unix seconds, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "invalidator._hotpath",
+    .m_doc = "The delete hot path in C (see _hotpath.c).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__hotpath(void) {
+    if (PyType_Ready(&DecoderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        PyModule_AddIntConstant(m, "INSERT", KIND_INSERT) < 0 ||
+        PyModule_AddIntConstant(m, "UPDATE", KIND_UPDATE) < 0 ||
+        PyModule_AddIntConstant(m, "DELETE", KIND_DELETE) < 0 ||
+        PyModule_AddIntConstant(m, "RENDEZVOUS", MODE_RENDEZVOUS) < 0 ||
+        PyModule_AddIntConstant(m, "BROADCAST", MODE_BROADCAST) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,13 @@
+"""Builds the C hot path (``invalidator/_hotpath.c``); everything else is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "invalidator._hotpath",
+            ["invalidator/_hotpath.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+    ]
+)
