@@ -20,8 +20,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
+# A C compiler for the project's own extension (invalidator/_hotpath.c, the delete hot
+# path); it stays in this stage: the final image gets the compiled wheel only.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # Dependency wheels first: this layer is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
  && pip wheel --wheel-dir /wheels --requirement /tmp/requirements.txt

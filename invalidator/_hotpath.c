@@ -1288,12 +1288,26 @@ static PyObject *Decoder_get_in_transaction(Decoder *self, void *Py_UNUSED(closu
     return PyBool_FromLong(self->in_txn);
 }
 
+static int Decoder_set_in_transaction(Decoder *self, PyObject *value, void *Py_UNUSED(closure)) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete in_transaction");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(value);
+    if (truth < 0)
+        return -1;
+    self->in_txn = truth;
+    return 0;
+}
+
 static PyGetSetDef Decoder_getset[] = {
     {"wal_end", (getter)Decoder_get_wal_end, NULL, "Highest WAL end seen.", NULL},
     {"position", (getter)Decoder_get_position, NULL,
      "Start position of the last XLogData message fed.", NULL},
-    {"in_transaction", (getter)Decoder_get_in_transaction, NULL,
-     "A transaction's B record was consumed and its C record not yet.", NULL},
+    {"in_transaction", (getter)Decoder_get_in_transaction, (setter)Decoder_set_in_transaction,
+     "A transaction's B record was consumed and its C record not yet (carried over when "
+     "the decoder is rebuilt mid-transaction).",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

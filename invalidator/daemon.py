@@ -28,7 +28,7 @@ import orjson
 import psycopg
 
 from . import outbox
-from .changes import Begin, Change, Commit, lsn_to_int
+from .changes import Begin, Change, Commit, Event, lsn_to_int
 from .config import Config, parse_server
 from .discovery import DiscoveryError, GracePlacement, Member, resolve
 from .errors import DecodeError, SourceError
@@ -98,6 +98,14 @@ def _parse(data: Any) -> XLogData | Keepalive:
         return parse_message(data)
     except ProtocolError as exc:
         raise SourceError(f"replication protocol: {exc}") from None
+
+
+def _decode(message: XLogData) -> Event:
+    try:
+        return decode_v2(message.payload)
+    except DecodeError as exc:
+        # Never confirm past a record we could not read: stop this session loudly.
+        raise SourceError(f"undecodable wal2json record at {message.data_start:X}: {exc}") from None
 
 
 def commit_epoch(timestamp: str | None) -> float | None:
@@ -450,7 +458,6 @@ class Daemon:
         pg_fd = stream.fileno()
         pg_registered = False
         registered: dict[str, tuple[Any, int]] = {}
-        txn: Txn | None = None
         wal_end = 0
         last_status = 0.0
         last_publish = 0.0
@@ -521,24 +528,14 @@ class Daemon:
                     # A full batch may leave messages in libpq's buffer, which the socket
                     # will not signal again: read again on the next turn without waiting.
                     pg_buffered = len(raw) == limit
-                    if self._hot is not None:
-                        decoder = self._hot.decoder
-                        self._feed_hot(self._hot, raw, tracker)
-                        wal_end = max(wal_end, decoder.wal_end)
-                        if decoder.take_reply_requested():
-                            last_status = 0.0
-                        if not pg_buffered and server_end - decoder.position > BACKLOG_BYTES:
-                            hold_until = time.monotonic() + BACKLOG_COALESCE
-                    else:
-                        for data in raw:
-                            message = _parse(data)
-                            if type(message) is XLogData:
-                                txn = self._on_xlog(message, txn, tracker)
-                                wal_end = max(wal_end, message.wal_end)
-                            elif isinstance(message, Keepalive):
-                                wal_end = max(wal_end, message.wal_end)
-                                if message.reply_requested:
-                                    last_status = 0.0
+                    hot = self._hot
+                    assert hot is not None
+                    self._feed_hot(hot, raw, tracker)
+                    wal_end = max(wal_end, hot.decoder.wal_end)
+                    if hot.decoder.take_reply_requested():
+                        last_status = 0.0
+                    if not pg_buffered and server_end - hot.decoder.position > BACKLOG_BYTES:
+                        hold_until = time.monotonic() + BACKLOG_COALESCE
                 turn = time.monotonic()
                 self._write_ready(turn)
                 finished = tracker.advance()
@@ -546,9 +543,7 @@ class Daemon:
                     self._observe_latency(finished)
                 # Never confirm the server's WAL end inside a transaction (its commit may
                 # lie before that end): only when nothing is open or pending.
-                in_txn = txn is not None or (
-                    self._hot is not None and self._hot.decoder.in_transaction
-                )
+                in_txn = self._hot is not None and self._hot.decoder.in_transaction
                 if not in_txn and tracker.pending == 0 and wal_end:
                     tracker.idle_advance(wal_end)
                 now = time.monotonic()
@@ -583,10 +578,15 @@ class Daemon:
     def _rebuild_hot(self) -> None:
         """A new C decoder for the current fast planners and placements (the old one's
         buffers are empty here: they are harvested after every read)."""
+        in_transaction = False
         if self._hot is not None:
             self._take_hot_counts(self._hot)
+            in_transaction = self._hot.decoder.in_transaction
         hot = HotPath(self._fast, self.router.placements)
-        self._hot = hot if len(hot) else None
+        # Rebuilt mid-transaction (a new partition, a membership change): the new decoder
+        # must still know a transaction is open, or the idle advance could confirm past it.
+        hot.decoder.in_transaction = in_transaction
+        self._hot = hot  # even with no table of its own: it tracks B/C for the Python engine
         self._hot_dirty = False
 
     def _take_hot_counts(self, hot: HotPath) -> None:
@@ -632,20 +632,23 @@ class Daemon:
         segment.commit_times = times
 
     def _on_declined(self, message: XLogData, tracker: AckTracker) -> None:
-        """A record the C decoder left to Python: its work is a unit of its own."""
+        """A record the C decoder left to Python: its work is a unit of its own (the
+        decoder consumes every well-formed B and C record, so this is a row, a TRUNCATE, a
+        logical message, or a record to report as undecodable)."""
         segment = tracker.begin()
         if message.payload[11:12] in _ROW_ACTIONS:
-            self._on_xlog(message, segment, tracker)
+            self._on_row(message, segment)
         else:
-            try:
-                event = decode_v2(message.payload)
-            except DecodeError as exc:
-                raise SourceError(
-                    f"undecodable wal2json record at {message.data_start:X}: {exc}"
-                ) from None
+            # Well-formed B and C records never get here; a B or C that only Python reads
+            # still opens or closes the transaction (the idle advance depends on it).
+            event = _decode(message)
             if isinstance(event, Change):
                 self._on_change(event, segment)
+            elif isinstance(event, Begin) and self._hot is not None:
+                self._hot.decoder.in_transaction = True
             elif isinstance(event, Commit):
+                if self._hot is not None:
+                    self._hot.decoder.in_transaction = False
                 tracker.commit(segment, message.data_start, commit_epoch(event.timestamp))
                 return
         tracker.commit(segment, 0, None)
@@ -696,19 +699,11 @@ class Daemon:
                 selector.register(new[0], new[1], self.channels[node])
                 registered[node] = new
 
-    def _on_xlog(self, message: XLogData, txn: Txn | None, tracker: AckTracker) -> Txn | None:
+    def _on_row(self, message: XLogData, txn: Txn) -> None:
+        """A row record declined by the C decoder: Python's fast planner, else ``plan``."""
         payload = message.payload
-        kind = payload[11:12]  # b'{"action":"X"...' — skip decoding for bounds
-        if kind == b"B":
-            return tracker.begin()
-        if kind == b"C":
-            if txn is None:
-                txn = tracker.begin()
-            event = decode_v2(payload)
-            stamp = event.timestamp if isinstance(event, Commit) else None
-            tracker.commit(txn, message.data_start, commit_epoch(stamp))
-            return None
-        if kind in _ROW_ACTIONS and txn is not None and b'"type":"numeric' not in payload:
+        kind = payload[11:12]  # b'{"action":"X"...'
+        if kind in _ROW_ACTIONS and b'"type":"numeric' not in payload:
             try:
                 record = orjson.loads(payload)
             except orjson.JSONDecodeError:
@@ -720,21 +715,10 @@ class Daemon:
                 if pairs is not None:
                     self._changes[(planner.table, change_kind)] += 1
                     self._submit_deletes(pairs, planner.table, txn, planner.redelete)
-                    return txn
-        try:
-            event = decode_v2(payload)
-        except DecodeError as exc:
-            # Never confirm past a record we could not read: stop this session loudly.
-            raise SourceError(
-                f"undecodable wal2json record at {message.data_start:X}: {exc}"
-            ) from None
+                    return
+        event = _decode(message)
         if isinstance(event, Change):
-            if txn is None:
-                txn = tracker.begin()
             self._on_change(event, txn)
-        elif isinstance(event, Begin):
-            return tracker.begin()
-        return txn
 
     def _on_change(self, change: Change, txn: Txn) -> None:
         self._changes[(change.qualified_table, change.kind)] += 1

@@ -147,3 +147,42 @@ def test_restart_drops_work_committed_before_it_and_keeps_later_work(
     assert (old.outstanding, new.outstanding, client.get("new")) == (0, 0, None)
     assert any("restarted" in e for e in errors)
     channel.close()
+
+
+def batch(keys: list[str]) -> tuple[Operation, bytes, int]:
+    """A batch entry's arguments, as the C hot path hands them over."""
+    requests = b"".join(b"delete " + k.encode() + b"\r\n" for k in keys)
+    return Operation("delete", "", "default", "*"), requests, len(keys)
+
+
+def test_a_batch_counts_each_of_its_deletes_as_pending(node: MemcachedNode) -> None:
+    """The in-flight window is in operations: a batch of 1,000 is 1,000 pending."""
+    channel = channel_for(node)
+    channel.submit_batch(*batch([f"b{i}" for i in range(1_000)]), Txn())
+    assert channel.pending == 1_000
+
+
+def test_a_batch_is_settled_once_all_its_replies_are_in(
+    node: MemcachedNode, client: Client
+) -> None:
+    """One entry, 1,000 replies: settled once, with the DELETED replies counted."""
+    client.set_many({f"b{i}": b"v" for i in range(0, 1_000, 2)}, noreply=False)
+    channel, txn = channel_for(node), Txn()
+    channel.submit_batch(*batch([f"b{i}" for i in range(1_000)]), txn)
+    done = drive(channel)
+    channel.close()
+    assert [(e.count, e.deleted, e.remaining) for e in done] == [(1_000, 500, 0)]
+    assert (txn.outstanding, channel.pending, client.get_many(["b0", "b998"])) == (0, 0, {})
+
+
+def test_an_error_reply_within_a_batch_keeps_it_pending_and_reports_it(
+    node: MemcachedNode,
+) -> None:
+    """memcached refusing one request of a batch: never settled as done, the node errs."""
+    errors: list[str] = []
+    channel, txn = channel_for(node, errors), Txn()
+    channel.submit_batch(*batch(["ok1", "x" * 300, "ok2"]), txn)
+    done = drive(channel, until=0.5)
+    channel.close()
+    assert (done, txn.outstanding, channel.pending) == ([], 1, 3)
+    assert any("batch of 3" in e and "CLIENT_ERROR" in e for e in errors), errors

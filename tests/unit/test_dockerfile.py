@@ -188,6 +188,12 @@ def test_final_stage_copies_nothing_from_the_build_context() -> None:
     assert final().args("COPY") == [] and final().args("ADD") == []
 
 
+def test_builder_has_a_c_compiler_for_the_hot_path() -> None:
+    """The builder installs gcc: the project's wheel compiles invalidator/_hotpath.c."""
+    runs = " ".join(builder().args("RUN"))
+    assert "apt-get install" in runs and "gcc" in runs
+
+
 def test_final_stage_installs_no_build_tools() -> None:
     """No compiler, build-essential, headers or package manager runs in the final stage."""
     for run in final().args("RUN"):
@@ -245,6 +251,7 @@ def test_env_points_at_the_config_and_unbuffers_output() -> None:
         "tests/fixtures/toast.jsonl",
         "tests/unit/test_dockerfile.py",
         "invalidator/__pycache__/cli.cpython-311.pyc",
+        "invalidator/_hotpath.cpython-311-x86_64-linux-gnu.so",
         ".pytest_cache/README.md",
         ".mypy_cache/3.11/cache.db",
         ".ruff_cache/CACHEDIR.TAG",
@@ -262,6 +269,11 @@ def test_dockerignore_excludes(path: str) -> None:
 def test_build_context_holds_what_the_builder_copies() -> None:
     """Every COPY source of the builder, and the package's modules, are in the context."""
     sources = copy_sources(builder())
-    assert sources == ["pyproject.toml", "README.md", "invalidator"]
-    for source in [*sources, "invalidator/cli.py", "invalidator/py.typed"]:
+    assert sources == ["pyproject.toml", "setup.py", "README.md", "invalidator"]
+    for source in [
+        *sources,
+        "invalidator/cli.py",
+        "invalidator/py.typed",
+        "invalidator/_hotpath.c",
+    ]:
         assert in_build_context(source), source
