@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: test unit integration faults lint typecheck fixtures bench demo system-deps venv clean
 
 system-deps:
-	@bash scripts/install-system-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
 
 $(STAMP): pyproject.toml setup.py invalidator/_hotpath.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
