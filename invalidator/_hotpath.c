@@ -119,6 +119,27 @@ typedef struct {
     Py_ssize_t count;
 } Buffer;
 
+/* The JSON scanner's tokens (defined here: a Row holds them). */
+enum { T_STRING, T_NUMBER, T_TRUE, T_FALSE, T_NULL, T_OTHER };
+
+typedef struct {
+    int type;
+    const char *start; /* strings: without quotes */
+    Py_ssize_t len;
+    int escaped;       /* a string containing a backslash */
+} Token;
+
+/* One row ("columns" or "identity"): the values of the table's referenced columns, and
+ * every column name (for the UPDATE subset check). */
+typedef struct {
+    int present;
+    Token values[MAX_COLS];
+    int have[MAX_COLS];
+    int nnames;
+    Token names[MAX_ROW_COLS];
+} Row;
+
+
 typedef struct {
     PyObject_HEAD
     int ntables;
@@ -137,6 +158,7 @@ typedef struct {
     unsigned long long position; /* data_start of the last XLogData */
     int reply_requested;
     Buffer scratch;
+    Row *rows; /* [0] the new row ("columns"), [1] the old one ("identity"): ~56 KB each */
 } Decoder;
 
 static int buffer_reserve(Buffer *b, Py_ssize_t extra) {
@@ -157,15 +179,6 @@ static int buffer_reserve(Buffer *b, Py_ssize_t extra) {
 
 /* ---------------------------------------------------------------------------------- */
 /* A minimal JSON scanner: enough of RFC 8259 to find tokens and skip values.          */
-
-enum { T_STRING, T_NUMBER, T_TRUE, T_FALSE, T_NULL, T_OTHER };
-
-typedef struct {
-    int type;
-    const char *start; /* strings: without quotes */
-    Py_ssize_t len;
-    int escaped;       /* a string containing a backslash */
-} Token;
 
 static inline const char *ws(const char *p, const char *end) {
     while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
@@ -381,16 +394,6 @@ static const char *skip_value(const char *p, const char *end, int depth) {
 static inline int token_is(const Token *t, const char *s, Py_ssize_t n) {
     return t->len == n && memcmp(t->start, s, n) == 0;
 }
-
-/* One row ("columns" or "identity"): the values of the table's referenced columns, and
- * every column name (for the UPDATE subset check). */
-typedef struct {
-    int present;
-    Token values[MAX_COLS];
-    int have[MAX_COLS];
-    int nnames;
-    Token names[MAX_ROW_COLS];
-} Row;
 
 static const char *scan_row(const char *p, const char *end, const Table *table, Row *row) {
     Token key, name, value;
@@ -796,10 +799,9 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
     int seen_xid = 0;
     Token action = {0}, schema = {0}, tname = {0}, stamp = {0};
     const Table *table = NULL;
-    /* Rows live on the decoder's stack of two: new ("columns") and old ("identity"). */
-    static Row new_row, old_row;
-    new_row.present = 0;
-    old_row.present = 0;
+    Row *new_row = &self->rows[0], *old_row = &self->rows[1];
+    new_row->present = 0;
+    old_row->present = 0;
 
     p = ws(p, stop);
     if (p >= stop || *p != '{')
@@ -869,7 +871,7 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
                 if (table == NULL)
                     return 1;
             }
-            Row *row = key.len == 7 ? &new_row : &old_row;
+            Row *row = key.len == 7 ? new_row : old_row;
             if (row->present)
                 return 1;
             p = scan_row(p, stop, table, row);
@@ -919,22 +921,22 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
     const Row *rows[2];
     int nrows;
     if (kind == KIND_INSERT) {
-        if (!new_row.present)
+        if (!new_row->present)
             return 1;
-        rows[0] = &new_row;
+        rows[0] = new_row;
         nrows = 1;
     } else if (kind == KIND_DELETE) {
-        if (!old_row.present)
+        if (!old_row->present)
             return 1;
-        rows[0] = &old_row;
+        rows[0] = old_row;
         nrows = 1;
     } else {
-        if (!new_row.present || !old_row.present)
+        if (!new_row->present || !old_row->present)
             return 1;
-        if (!names_subset(&old_row, &new_row))
+        if (!names_subset(old_row, new_row))
             return 1; /* unchanged TOAST columns: the general path merges rows */
-        rows[0] = &old_row;
-        rows[1] = &new_row;
+        rows[0] = old_row;
+        rows[1] = new_row;
         nrows = 2;
     }
     Key keys[MAX_KEYS];
@@ -954,8 +956,18 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
     return 0;
 }
 
+static int check_ready(Decoder *self) {
+    if (self->rows == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Decoder not initialised");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Decoder_feed(Decoder *self, PyObject *arg) {
     Py_buffer view;
+    if (check_ready(self) < 0)
+        return NULL;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     int r = feed_message(self, view.buf, view.len);
@@ -969,7 +981,7 @@ static PyObject *Decoder_feed(Decoder *self, PyObject *arg) {
 static PyObject *Decoder_feed_many(Decoder *self, PyObject *args) {
     PyObject *seq;
     Py_ssize_t start = 0;
-    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &seq, &start))
+    if (!PyArg_ParseTuple(args, "O!|n", &PyList_Type, &seq, &start) || check_ready(self) < 0)
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(seq);
     for (Py_ssize_t i = start; i < n; i++) {
@@ -1132,6 +1144,8 @@ static void Decoder_free_data(Decoder *self) {
     self->commit_times = NULL;
     PyMem_Free(self->scratch.data);
     self->scratch.data = NULL;
+    PyMem_Free(self->rows);
+    self->rows = NULL;
 }
 
 static int build_template(PyObject *spec, Template *tpl, int ntablecols, int npools) {
@@ -1178,6 +1192,11 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
                                      &PyList_Type, &pools, &nslots))
         return -1;
     Decoder_free_data(self);
+    self->rows = PyMem_Calloc(2, sizeof(Row));
+    if (self->rows == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     self->slots = PyMem_Calloc(nslots ? nslots : 1, sizeof(Buffer));
     if (self->slots == NULL) {
         PyErr_NoMemory();

@@ -791,6 +791,23 @@ def test_in_transaction_from_begin_until_commit(fresh: Harness) -> None:
     assert not decoder.in_transaction
 
 
+def test_open_transaction_can_be_carried_to_a_rebuilt_decoder() -> None:
+    """The daemon rebuilds the decoder mid-transaction; the commit then closes it."""
+    rebuilt = Harness(one_pool(["a:1", "b:2"], keys=["t:{id}"])).decoder
+    rebuilt.in_transaction = True
+    assert rebuilt.in_transaction
+    assert not rebuilt.feed(xlog(commit()))
+    assert not rebuilt.in_transaction
+
+
+def test_an_uninitialised_decoder_refuses_to_feed() -> None:
+    decoder = _hotpath.Decoder.__new__(_hotpath.Decoder)
+    with pytest.raises(ValueError, match="not initialised"):
+        decoder.feed(xlog(begin()))
+    with pytest.raises(ValueError, match="not initialised"):
+        decoder.feed_many([xlog(begin())])
+
+
 def test_open_work_when_keys_were_appended_after_the_last_commit(fresh: Harness) -> None:
     decoder = fresh.decoder
     row = xlog(record("I", columns={"id": 1}))
