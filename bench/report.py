@@ -1,7 +1,7 @@
 """Run every benchmark, then print one summary table and write it to bench/results/.
 
-Each script (placement, startup, throughput, big_transaction, latency, soak) runs as its own
-subprocess with ``--json``; its output is shown as it runs and kept in
+Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak) runs
+as its own subprocess with ``--json``; its output is shown as it runs and kept in
 ``bench/results/latest.log``. At the end: one table (figure, ours, reference, ratio or
 target, met?) on stdout, the same table as Markdown with the machine and the date in
 ``bench/results/latest.md``, every figure in ``bench/results/latest.json``, and latency
@@ -65,6 +65,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
     if quick:
         return [
             Step("placement", "placement.py", ["--keys", "100000"]),
+            Step("hotpath", "hotpath.py", ["--changes", "50000"]),
             Step("startup", "startup.py", ["--starts", "3"]),
             Step("throughput", "throughput.py", ["--txns", "200", "--repeat", "1"]),
             Step("big_transaction", "big_transaction.py", []),
@@ -77,6 +78,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         ]
     return [
         Step("placement", "placement.py", []),
+        Step("hotpath", "hotpath.py", []),
         Step("startup", "startup.py", ["--starts", "5"]),
         # 1,000,000 changes: 1,000 transactions of 1,000 rows over 200,000 rows.
         Step("throughput", "throughput.py", ["--txns", "1000", "--repeat", "3"]),
@@ -365,6 +367,19 @@ def placement_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def hotpath_rows(data: dict[str, Any]) -> list[Row]:
+    return [
+        [
+            f"Decode -> keys -> node -> requests, us/change (C decoder; {fmt_int(data['changes'])}"
+            " UPDATEs, no I/O)",
+            f"{data['c_us']:.2f}",
+            f"{data['python_us']:.2f} (the Python engine)",
+            f"{data['python_us'] / data['c_us']:.1f}x",
+            yes(bool(data["same"])),
+        ]
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -372,8 +387,9 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "big_transaction": big_rows,
     "startup": startup_rows,
     "placement": placement_rows,
+    "hotpath": hotpath_rows,
 }
-ORDER = ["throughput", "latency", "soak", "big_transaction", "startup", "placement"]
+ORDER = ["throughput", "latency", "soak", "big_transaction", "startup", "placement", "hotpath"]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 
 
@@ -688,7 +704,8 @@ def main() -> None:
     done: dict[str, Step] = {}
     with (results / "latest.log").open("w") as log:
         for step in plan:
-            run_step(step, results, log, watch, quiet_limit if step.name != "placement" else 0)
+            quiet = 0 if step.name in ("placement", "hotpath") else quiet_limit
+            run_step(step, results, log, watch, quiet)
             done[step.name] = step
     watch.stop()
     run = {

@@ -441,6 +441,12 @@ class Daemon:
             lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
         )
         stream.open(0)  # the server resumes at the slot's confirmed position
+        # A fresh decoder per session: whatever the last one held (an open transaction,
+        # unharvested requests of a session that failed) is replayed by the server.
+        if self._hot is not None:
+            self._take_hot_counts(self._hot)
+        self._hot = None
+        self._hot_dirty = True
         if self._standing_by:
             self.log.info("took over the slot", slot=self.slot)
             self._standing_by = False
