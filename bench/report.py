@@ -189,13 +189,22 @@ def throughput_rows(data: dict[str, Any]) -> list[Row]:
         f" {data['templates_per_row']} keys/row" + (f", median of {rounds})" if rounds > 1 else ")")
     )
     ratio = m["daemon_changes_per_s"] / m["recv_changes_per_s"]
+    streaming = m["daemon_changes_per_s_after_ready"] / m["recv_changes_per_s"]
     return [
         [
-            label,
+            label + ", both from process start",
             fmt_int(m["daemon_changes_per_s"]),
             f"{fmt_int(m['recv_changes_per_s'])} (pg_recvlogical)",
             f"{ratio:.2f} (target ≥ {RATIO_TARGET})",
             yes(ratio >= RATIO_TARGET),
+        ],
+        [
+            f"  same, the daemon timed from streaming (its {m['ready_s']:.2f} s start-up left"
+            " out; pg_recvlogical's few ms are not)",
+            fmt_int(m["daemon_changes_per_s_after_ready"]),
+            f"{fmt_int(m['recv_changes_per_s'])} (pg_recvlogical)",
+            f"{streaming:.2f} (target ≥ {RATIO_TARGET})",
+            yes(streaming >= RATIO_TARGET),
         ],
         [
             "Daemon CPU per 1M changes (backlog drain)",

@@ -261,9 +261,8 @@ class Daemon:
 
     def run(self) -> int:
         # What exists now (modules, config, rules) lives as long as the process: keep it out
-        # of every collection, and collect less often (the loop makes few cyclic objects).
+        # of every collection.
         gc.freeze()
-        gc.set_threshold(10_000, 20, 20)
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
