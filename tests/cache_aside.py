@@ -4,10 +4,14 @@ read, and waiting for what the daemon should make true."""
 from __future__ import annotations
 
 import json
+import random
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
+import psycopg
 from pymemcache.client.hash import HashClient
 
 from tests.services import PgDatabase
@@ -59,3 +63,51 @@ def wait_gone(app: HashClient, keys: Sequence[str], timeout: float = 10.0) -> li
         if left:
             time.sleep(0.005)
     return left
+
+
+class ChurningWriter:
+    """Another service writing behind the apps' back, in a thread, until the block ends:
+    each transaction first caches ``user:{id}`` for its rows, then updates them. A key still
+    cached after catch-up is an invalidation lost. ``sizes``: rows per transaction, drawn."""
+
+    def __init__(self, servers: Sequence[str], dsn: str, *, seed: int, sizes: Sequence[int]):
+        self.servers = servers
+        self.dsn = dsn
+        self.rng = random.Random(seed)
+        self.sizes = list(sizes)
+        self.updated: set[int] = set()
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+
+    def _write(self) -> None:
+        client = app_client(self.servers)
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    ids = self.rng.sample(range(1, 501), self.rng.choice(self.sizes))
+                    for i in ids:
+                        client.set(f"user:{i}", "cached")
+                    with conn.transaction():
+                        for i in ids:
+                            conn.execute(
+                                "UPDATE users SET name = md5(random()::text) WHERE id = %s", (i,)
+                            )
+                    self.updated.update(ids)
+        except BaseException as exc:  # surfaced by the test through .errors
+            self.errors.append(exc)
+        finally:
+            client.close()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(30)

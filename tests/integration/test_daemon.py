@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import get_user, wait_gone
+from tests.cache_aside import ChurningWriter, get_user, wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
@@ -119,46 +118,15 @@ def test_repeated_sigkill_loses_no_invalidation(
     is still cached. Each update is preceded by caching its key, so a key left means an
     invalidation was lost."""
     daemon.start()
-    stop = threading.Event()
-    updated: set[int] = set()
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        rng = random.Random(7)
-        client = HashClient(
-            memcached.servers, use_pooling=False, no_delay=True, default_noreply=False
-        )
-        try:
-            with psycopg.connect(users_db.dsn, autocommit=True) as conn:
-                while not stop.is_set():
-                    ids = rng.sample(range(1, 501), rng.choice([1, 1, 1, 5, 20]))
-                    for i in ids:
-                        client.set(f"user:{i}", "cached")
-                    with conn.transaction():
-                        for i in ids:
-                            conn.execute(
-                                "UPDATE users SET name = md5(random()::text) WHERE id = %s", (i,)
-                            )
-                    updated.update(ids)
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-        finally:
-            client.close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with ChurningWriter(memcached.servers, users_db.dsn, seed=7, sizes=[1, 1, 1, 5, 20]) as writer:
         for _ in range(6):
             time.sleep(random.uniform(0.3, 0.8))
             daemon.kill()
             time.sleep(random.uniform(0.0, 0.3))
             daemon.start()
-    finally:
-        stop.set()
-        thread.join(30)
-    assert errors == []
-    left = wait_gone(app, [f"user:{i}" for i in sorted(updated)], timeout=20)
-    assert (len(updated) > 100, left) == (True, [])
+    assert writer.errors == []
+    left = wait_gone(app, [f"user:{i}" for i in sorted(writer.updated)], timeout=20)
+    assert (len(writer.updated) > 100, left) == (True, [])
 
 
 def test_quiet_watched_table_does_not_pin_wal_while_others_are_busy(

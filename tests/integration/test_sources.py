@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -16,7 +15,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import get_user
+from tests.cache_aside import ChurningWriter, get_user
 from tests.cache_aside import wait_gone as _wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
@@ -84,46 +83,15 @@ def test_repeated_sigkill_loses_no_invalidation(
 ) -> None:
     """SIGKILL 5 times while rows change; after catch-up no changed row's key is cached."""
     daemon.start()
-    stop = threading.Event()
-    updated: set[int] = set()
-    errors: list[BaseException] = []
-
-    def writer() -> None:
-        rng = random.Random(11)
-        client = HashClient(
-            memcached.servers, use_pooling=False, no_delay=True, default_noreply=False
-        )
-        try:
-            with psycopg.connect(users_db.dsn, autocommit=True) as conn:
-                while not stop.is_set():
-                    ids = rng.sample(range(1, 501), rng.choice([1, 1, 5, 20]))
-                    for i in ids:
-                        client.set(f"user:{i}", "cached")
-                    with conn.transaction():
-                        for i in ids:
-                            conn.execute(
-                                "UPDATE users SET name = md5(random()::text) WHERE id = %s", (i,)
-                            )
-                    updated.update(ids)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            client.close()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with ChurningWriter(memcached.servers, users_db.dsn, seed=11, sizes=[1, 1, 5, 20]) as writer:
         for _ in range(5):
             time.sleep(random.uniform(0.3, 0.7))
             daemon.kill()
             daemon.start()
-    finally:
-        stop.set()
-        thread.join(30)
-    assert errors == []
+    assert writer.errors == []
     assert (
-        len(updated) > 50,
-        wait_gone(app, [f"user:{i}" for i in sorted(updated)], timeout=20),
+        len(writer.updated) > 50,
+        wait_gone(app, [f"user:{i}" for i in sorted(writer.updated)], timeout=20),
     ) == (
         True,
         [],
