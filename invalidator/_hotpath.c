@@ -349,6 +349,32 @@ static const char *scan_value(const char *p, const char *end, Token *tok, int de
     return NULL;
 }
 
+/* An object member's name and its ':'; the position of its value, or NULL. */
+static inline const char *member_name(const char *p, const char *end, Token *name) {
+    p = ws(p, end);
+    if (p >= end || *p != '"')
+        return NULL;
+    p = scan_string(p, end, name);
+    if (p == NULL)
+        return NULL;
+    p = ws(p, end);
+    if (p >= end || *p != ':')
+        return NULL;
+    return p + 1;
+}
+
+/* What follows a value inside brackets closed by `close`: SEP_MORE after a ',', SEP_END
+ * after `close` (*pp moves past either), SEP_BAD for anything else. */
+enum { SEP_BAD = -1, SEP_END = 0, SEP_MORE = 1 };
+
+static inline int separator(const char **pp, const char *end, char close) {
+    const char *p = ws(*pp, end);
+    if (p >= end || (*p != ',' && *p != close))
+        return SEP_BAD;
+    *pp = p + 1;
+    return *p == ',' ? SEP_MORE : SEP_END;
+}
+
 static const char *skip_value(const char *p, const char *end, int depth) {
     Token tok;
     p = ws(p, end);
@@ -361,31 +387,14 @@ static const char *skip_value(const char *p, const char *end, int depth) {
         if (p < end && *p == close)
             return p + 1;
         for (;;) {
-            if (object) {
-                p = ws(p, end);
-                if (p >= end || *p != '"')
-                    return NULL;
-                p = scan_string(p, end, &tok);
-                if (p == NULL)
-                    return NULL;
-                p = ws(p, end);
-                if (p >= end || *p != ':')
-                    return NULL;
-                p++;
-            }
+            if (object && (p = member_name(p, end, &tok)) == NULL)
+                return NULL;
             p = skip_value(p, end, depth + 1);
             if (p == NULL)
                 return NULL;
-            p = ws(p, end);
-            if (p >= end)
-                return NULL;
-            if (*p == ',') {
-                p++;
-                continue;
-            }
-            if (*p == close)
-                return p + 1;
-            return NULL;
+            int sep = separator(&p, end, close);
+            if (sep != SEP_MORE)
+                return sep == SEP_END ? p : NULL;
         }
     }
     return scan_value(p, end, &tok, depth);
@@ -416,16 +425,9 @@ static const char *scan_row(const char *p, const char *end, const Table *table, 
             p++;
         } else {
             for (;;) {
-                p = ws(p, end);
-                if (p >= end || *p != '"')
-                    return NULL;
-                p = scan_string(p, end, &key);
+                p = member_name(p, end, &key);
                 if (p == NULL)
                     return NULL;
-                p = ws(p, end);
-                if (p >= end || *p != ':')
-                    return NULL;
-                p++;
                 if (token_is(&key, "name", 4)) {
                     if (got_name)
                         return NULL; /* a repeated member: decline, whoever would win */
@@ -445,18 +447,11 @@ static const char *scan_row(const char *p, const char *end, const Table *table, 
                     if (p == NULL)
                         return NULL;
                 }
-                p = ws(p, end);
-                if (p >= end)
+                int sep = separator(&p, end, '}');
+                if (sep == SEP_BAD)
                     return NULL;
-                if (*p == ',') {
-                    p++;
-                    continue;
-                }
-                if (*p == '}') {
-                    p++;
+                if (sep == SEP_END)
                     break;
-                }
-                return NULL;
             }
         }
         if (!got_name || row->nnames >= MAX_ROW_COLS)
@@ -471,16 +466,9 @@ static const char *scan_row(const char *p, const char *end, const Table *table, 
                     row->values[i] = value;
             }
         }
-        p = ws(p, end);
-        if (p >= end)
-            return NULL;
-        if (*p == ',') {
-            p++;
-            continue;
-        }
-        if (*p == ']')
-            return p + 1;
-        return NULL;
+        int sep = separator(&p, end, ']');
+        if (sep != SEP_MORE)
+            return sep == SEP_END ? p : NULL;
     }
 }
 
@@ -808,16 +796,9 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
         return 1;
     p = ws(p + 1, stop);
     for (;;) {
-        p = ws(p, stop);
-        if (p >= stop || *p != '"')
-            return 1;
-        p = scan_string(p, stop, &key);
+        p = member_name(p, stop, &key);
         if (p == NULL)
             return 1;
-        p = ws(p, stop);
-        if (p >= stop || *p != ':')
-            return 1;
-        p++;
         /* A repeated member is declined: JSON parsers disagree on which one wins. */
         if (token_is(&key, "action", 6)) {
             if (action.start != NULL)
@@ -882,18 +863,13 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
             if (p == NULL)
                 return 1;
         }
-        p = ws(p, stop);
-        if (p >= stop)
+        int sep = separator(&p, stop, '}');
+        if (sep == SEP_BAD)
             return 1;
-        if (*p == ',') {
-            p++;
-            continue;
-        }
-        if (*p == '}')
+        if (sep == SEP_END)
             break;
-        return 1;
     }
-    if (ws(p + 1, stop) != stop || action.start == NULL)
+    if (ws(p, stop) != stop || action.start == NULL)
         return 1;
     char a = action.start[0];
     if (a == 'B') {
