@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from .changes import int_to_lsn, lsn_to_int
 from .errors import SourceError
 from .redact import redact
-from .replication import Keepalive, ProtocolError, XLogData, parse_message, standby_status
+from .replication import standby_status
 from .rules import TableName
 
 PLUGIN = "wal2json"
@@ -111,13 +111,6 @@ class ReplicationStream:
     def fileno(self) -> int:
         assert self.conn is not None
         return self.conn.pgconn.socket
-
-    def read(self, limit: int = 10_000) -> list[XLogData | Keepalive]:
-        """Every message already received (up to ``limit``), parsed, without blocking."""
-        try:
-            return [parse_message(data) for data in self.read_raw(limit)]
-        except ProtocolError as exc:
-            raise SourceError(f"replication protocol: {exc}") from None
 
     def read_raw(self, limit: int = 10_000) -> list[Any]:
         """Every CopyData message already received (up to ``limit``) as a buffer (bytes or
