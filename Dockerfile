@@ -20,7 +20,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 
-# A C compiler for the project's own extension (invalidator/_hotpath.c, the delete hot
+# A C compiler for the project's own extension (invalidator/hotpath/_hotpath.c, the delete hot
 # path); it stays in this stage: the final image gets the compiled wheel only.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \

@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml setup.py invalidator/_hotpath.c
+$(STAMP): pyproject.toml setup.py invalidator/hotpath/_hotpath.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	@$(PY) -m pip install -q -e '.[dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }

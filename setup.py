@@ -1,12 +1,12 @@
-"""Builds the C hot path (``invalidator/_hotpath.c``); everything else is in pyproject.toml."""
+"""Builds the C hot path (``invalidator/hotpath/_hotpath.c``); everything else is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
-            "invalidator._hotpath",
-            ["invalidator/_hotpath.c"],
+            "invalidator.hotpath._hotpath",
+            ["invalidator/hotpath/_hotpath.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

@@ -26,12 +26,12 @@ import orjson
 from _common import write_json
 
 from invalidator.config import Config
-from invalidator.fastpath import fast_planners
+from invalidator.core.fastpath import fast_planners
+from invalidator.core.placement import Rendezvous
+from invalidator.core.rules import RuleSet
 from invalidator.hotpath import HotPath
-from invalidator.placement import Rendezvous
-from invalidator.replication import parse_message
-from invalidator.rules import RuleSet
-from invalidator.sink import Router
+from invalidator.sinks.memcached.client import Router
+from invalidator.sources.replication import parse_message
 
 SERVERS = ["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"]
 BATCH = 4096  # the daemon's read batch in a backlog

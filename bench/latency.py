@@ -67,7 +67,7 @@ from pymemcache.client.hash import HashClient
 SLOT = "latency"
 REF_SLOT = "latency_ref"
 RULES = [{"table": "users", "keys": ["user:{id}"]}]
-RECV_OPTIONS = [  # the daemon's wal2json options (invalidator/pgsource.py)
+RECV_OPTIONS = [  # the daemon's wal2json options (invalidator/sources/postgres.py)
     "format-version=2",
     "include-timestamp=1",
     "include-types=1",

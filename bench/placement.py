@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_json
 from pymemcache.client.hash import HashClient
 
-from invalidator.placement import Rendezvous
+from invalidator.core.placement import Rendezvous
 
 
 def rate(fn: object, keys: list[str], repeat: int) -> float:

@@ -9,7 +9,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux dnsmasq-base; do
     have_pkg "$pkg" || need+=("$pkg")
 done
-# The package compiles a C extension (invalidator/_hotpath.c): a compiler, and the
+# The package compiles a C extension (invalidator/hotpath/_hotpath.c): a compiler, and the
 # headers of the Python that builds the virtualenv (Debian's python3-dev for Debian's own).
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 PY=${PYTHON:-python3}

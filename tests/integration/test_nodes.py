@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from pymemcache.client.base import Client
 
-from invalidator.nodes import Entry, NodeChannel
-from invalidator.operations import Operation
-from invalidator.tracker import Txn
+from invalidator.core.operations import Operation
+from invalidator.core.tracker import Txn
+from invalidator.sinks.memcached.channel import Entry, NodeChannel
 from tests.services import MemcachedNode, MemcachedPool
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from invalidator.discovery import GracePlacement
-from invalidator.placement import Rendezvous
+from invalidator.core.placement import Rendezvous
+from invalidator.runtime.discovery import GracePlacement
 
 OLD = Rendezvous(["a:1", "b:1", "c:1"])
 

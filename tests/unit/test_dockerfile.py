@@ -189,7 +189,7 @@ def test_final_stage_copies_nothing_from_the_build_context() -> None:
 
 
 def test_builder_has_a_c_compiler_for_the_hot_path() -> None:
-    """The builder installs gcc: the project's wheel compiles invalidator/_hotpath.c."""
+    """The builder installs gcc: the project's wheel compiles invalidator/hotpath/_hotpath.c."""
     runs = " ".join(builder().args("RUN"))
     assert "apt-get install" in runs and "gcc" in runs
 
@@ -250,8 +250,8 @@ def test_env_points_at_the_config_and_unbuffers_output() -> None:
         ".venv/bin/python",
         "tests/fixtures/toast.jsonl",
         "tests/unit/test_dockerfile.py",
-        "invalidator/__pycache__/cli.cpython-311.pyc",
-        "invalidator/_hotpath.cpython-311-x86_64-linux-gnu.so",
+        "invalidator/commands/__pycache__/cli.cpython-311.pyc",
+        "invalidator/hotpath/_hotpath.cpython-311-x86_64-linux-gnu.so",
         ".pytest_cache/README.md",
         ".mypy_cache/3.11/cache.db",
         ".ruff_cache/CACHEDIR.TAG",
@@ -272,8 +272,8 @@ def test_build_context_holds_what_the_builder_copies() -> None:
     assert sources == ["pyproject.toml", "setup.py", "README.md", "invalidator"]
     for source in [
         *sources,
-        "invalidator/cli.py",
+        "invalidator/commands/cli.py",
         "invalidator/py.typed",
-        "invalidator/_hotpath.c",
+        "invalidator/hotpath/_hotpath.c",
     ]:
         assert in_build_context(source), source

@@ -9,12 +9,12 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from invalidator.changes import Change
 from invalidator.config import load_config, parse_config
-from invalidator.fastpath import FastPlanner, compile_renderer
-from invalidator.rules import RuleSet, plan
-from invalidator.templates import compile_template
-from invalidator.wal2json import decode_v2
+from invalidator.core.changes import Change
+from invalidator.core.fastpath import FastPlanner, compile_renderer
+from invalidator.core.rules import RuleSet, plan
+from invalidator.core.templates import compile_template
+from invalidator.sources.wal2json import decode_v2
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 KINDS = {"I": "insert", "U": "update", "D": "delete"}

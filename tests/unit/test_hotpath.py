@@ -24,16 +24,15 @@ from hypothesis import strategies as st
 from pymemcache.client.hash import HashClient
 from pymemcache.client.rendezvous import RendezvousHash
 
-from invalidator import _hotpath
-from invalidator.changes import Change
 from invalidator.config import Config, load_config, parse_config
+from invalidator.core.changes import Change
+from invalidator.core.fastpath import fast_planners
+from invalidator.core.placement import Rendezvous
+from invalidator.core.rules import RuleSet, TableName, plan
 from invalidator.errors import DecodeError
-from invalidator.fastpath import fast_planners
-from invalidator.hotpath import HotPath, Slot, feed_all
-from invalidator.placement import Rendezvous
-from invalidator.rules import RuleSet, TableName, plan
-from invalidator.sink import Router
-from invalidator.wal2json import decode_v2
+from invalidator.hotpath import HotPath, Slot, _hotpath, feed_all
+from invalidator.sinks.memcached.client import Router
+from invalidator.sources.wal2json import decode_v2
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))  # format-version 2 (not the .v1.json file)

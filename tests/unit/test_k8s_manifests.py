@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.metrics_core import Metric
 
 from invalidator.config import load_yaml, parse_config, parse_server
-from invalidator.metrics import Metrics
+from invalidator.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"

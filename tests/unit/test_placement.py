@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymemcache.client.hash import HashClient
 
-from invalidator.placement import Broadcast, Rendezvous, node_name
+from invalidator.core.placement import Broadcast, Rendezvous, node_name
 
 
 def oracle(servers: list[str]) -> HashClient:

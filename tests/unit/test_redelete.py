@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invalidator.redelete import RedeleteScheduler
+from invalidator.core.redelete import RedeleteScheduler
 
 A = ("default", "n1", "user:1")
 B = ("default", "n2", "user:2")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pymemcache.client.hash import HashClient
 
-from invalidator.cli import main
+from invalidator.commands.cli import main
 from invalidator.config import load_config
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from invalidator.changes import int_to_lsn, lsn_to_int
-from invalidator.replication import (
+from invalidator.core.changes import int_to_lsn, lsn_to_int
+from invalidator.sources.replication import (
     Keepalive,
     ProtocolError,
     XLogData,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from invalidator.changes import Change
 from invalidator.config import parse_config
-from invalidator.operations import Operation
-from invalidator.rules import RuleSet, plan
+from invalidator.core.changes import Change
+from invalidator.core.operations import Operation
+from invalidator.core.rules import RuleSet, plan
 
 
 def ruleset(*rules: dict[str, Any]) -> RuleSet:

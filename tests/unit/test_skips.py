@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from structlog.testing import capture_logs
 
-from invalidator.logs import get_logger
-from invalidator.metrics import Metrics
-from invalidator.operations import SkippedKey
-from invalidator.skips import SkipReporter
+from invalidator.core.operations import SkippedKey
+from invalidator.runtime.logs import get_logger
+from invalidator.runtime.metrics import Metrics
+from invalidator.runtime.skips import SkipReporter
 
 
 def skip(reason: str, kind: str = "invalid") -> SkippedKey:

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from invalidator.templates import (
+from invalidator.core.templates import (
     TemplateSyntaxError,
     Unbuildable,
     compile_template,

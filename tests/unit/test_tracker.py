@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invalidator.tracker import AckTracker
+from invalidator.core.tracker import AckTracker
 
 
 def test_transaction_with_outstanding_work_is_not_confirmed() -> None:

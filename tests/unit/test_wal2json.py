@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from invalidator.changes import Begin, Change, Commit, Message
+from invalidator.core.changes import Begin, Change, Commit, Message
 from invalidator.errors import DecodeError
-from invalidator.wal2json import decode_v2, read_stream
+from invalidator.sources.wal2json import decode_v2, read_stream
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .changes import Change
-from .rules import RuleSet, TableName
+from invalidator.core.changes import Change
+from invalidator.core.rules import RuleSet, TableName
 
 SCHEMA = "invalidator"
 CHANNEL = "invalidator_outbox"

@@ -12,15 +12,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
-from .check import offline_findings, online_findings
-from .config import Config, load_config
-from .errors import InvalidatorError, SourceError
-from .logs import configure, get_logger
-from .metrics import Metrics
-from .pgsource import Admin
-from .redact import redact
-from .replay import replay
+from invalidator import __version__
+from invalidator.commands.check import offline_findings, online_findings
+from invalidator.commands.replay import replay
+from invalidator.config import Config, load_config
+from invalidator.errors import InvalidatorError, SourceError
+from invalidator.redact import redact
+from invalidator.runtime.logs import configure, get_logger
+from invalidator.runtime.metrics import Metrics
+from invalidator.sources.postgres import Admin
 
 CONFIG_HELP = "YAML configuration (default: $INVALIDATOR_CONFIG, else /etc/invalidator/config.yaml)"
 
@@ -69,8 +69,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, Health, install_signal_handlers
-    from .http import HttpServer
+    from invalidator.runtime.daemon import Daemon, Health, install_signal_handlers
+    from invalidator.runtime.http import HttpServer
 
     config = _load(args)
     log = get_logger()
@@ -107,7 +107,7 @@ def _slot_admin(args: argparse.Namespace) -> tuple[str, Admin]:
 def _outbox_connection(config: Config) -> Any:
     import psycopg
 
-    from .pgsource import source_error
+    from invalidator.sources.postgres import source_error
 
     if config.source.dsn is None:
         raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
@@ -122,8 +122,8 @@ def _outbox_connection(config: Config) -> Any:
 def cmd_setup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.source.kind == "notify":
-        from . import outbox
-        from .rules import RuleSet
+        from invalidator.core.rules import RuleSet
+        from invalidator.sources import outbox
 
         with _outbox_connection(config) as conn:
             added, removed = outbox.install(conn, RuleSet.from_config(config))
@@ -141,7 +141,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.source.kind == "notify":
-        from . import outbox
+        from invalidator.sources import outbox
 
         with _outbox_connection(config) as conn:
             outbox.uninstall(conn)
@@ -155,7 +155,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.source.kind == "notify":
-        from . import outbox
+        from invalidator.sources import outbox
 
         with _outbox_connection(config) as conn:
             try:
@@ -182,7 +182,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    from .warm import warm
+    from invalidator.commands.warm import warm
 
     config = _load(args)
     if not config.warm:

@@ -18,11 +18,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .changes import int_to_lsn, lsn_to_int
-from .errors import SourceError
-from .redact import redact
-from .replication import standby_status
-from .rules import TableName
+from invalidator.core.changes import int_to_lsn, lsn_to_int
+from invalidator.core.rules import TableName
+from invalidator.errors import SourceError
+from invalidator.redact import redact
+from invalidator.sources.replication import standby_status
 
 PLUGIN = "wal2json"
 CONNECT_TIMEOUT = 10
@@ -208,7 +208,7 @@ class ValueQueries(_LazyConnection):
 
     def value(self, query: str, row: Mapping[str, Any]) -> bytes | None:
         """json.dumps of the query's first row (columns in order), or None for no row."""
-        from .rules import json_default
+        from invalidator.core.rules import json_default
 
         try:
             result = self.connection().execute(query, dict(row)).fetchone()

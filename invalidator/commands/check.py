@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Config
-from .errors import InvalidatorError, NodeError
-from .pgsource import PLUGIN, Admin
-from .rules import CompiledRule, RuleSet
-from .sink import NodeConnection, Router
+from invalidator.config import Config
+from invalidator.core.rules import CompiledRule, RuleSet
+from invalidator.errors import InvalidatorError, NodeError
+from invalidator.sinks.memcached.client import NodeConnection, Router
+from invalidator.sources.postgres import PLUGIN, Admin
 
 
 @dataclass(frozen=True, slots=True)

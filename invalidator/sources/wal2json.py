@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from .changes import Begin, Change, ChangeKind, Commit, Event, Message
-from .errors import DecodeError
+from invalidator.core.changes import Begin, Change, ChangeKind, Commit, Event, Message
+from invalidator.errors import DecodeError
 
 _EXACT_TYPES = (b'"type":"numeric', b'"type":"decimal')
 _FLOAT_TYPES = frozenset({"double precision", "real", "float8", "float4"})

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from .operations import Operation
+from invalidator.core.operations import Operation
 
 # memcached reads an exptime above 30 days as an absolute Unix time.
 _RELATIVE_TTL_LIMIT = 60 * 60 * 24 * 30

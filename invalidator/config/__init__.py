@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
-from .templates import TemplateSyntaxError, compile_template
+from invalidator.core.templates import TemplateSyntaxError, compile_template
+from invalidator.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/invalidator/config.yaml"
 ChangeOp = Literal["insert", "update", "delete", "truncate"]

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import mmh3
 
-from .config import PoolConfig, parse_server
+from invalidator.config import PoolConfig, parse_server
 
 _hash = mmh3.hash
 

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .metrics import Metrics
-from .operations import SkippedKey
+from invalidator.core.operations import SkippedKey
+from invalidator.runtime.metrics import Metrics
 
 
 class SkipReporter:

@@ -24,10 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._hotpath import scan_deletes
-from .memcache_protocol import add_request, classify, incr_request, request_for
-from .operations import Operation
-from .tracker import Txn
+from invalidator.core.operations import Operation
+from invalidator.core.tracker import Txn
+from invalidator.hotpath._hotpath import scan_deletes
+from invalidator.sinks.memcached.protocol import add_request, classify, incr_request, request_for
 
 MAX_WRITE = 256 * 1024
 BACKOFF_MIN = 0.05

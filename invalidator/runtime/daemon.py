@@ -27,17 +27,23 @@ from typing import Any
 import orjson
 import psycopg
 
-from . import outbox
-from .changes import Begin, Change, Commit, Event, lsn_to_int
-from .config import Config, parse_server
-from .discovery import DiscoveryError, GracePlacement, Member, resolve
-from .errors import DecodeError, SourceError
-from .fastpath import FastPlanner, fast_planners
-from .hotpath import HotPath
-from .metrics import Metrics
-from .nodes import FLUSH_OP, Entry, NodeChannel
-from .operations import Operation, SkippedKey
-from .pgsource import (
+from invalidator.config import Config, parse_server
+from invalidator.core.changes import Begin, Change, Commit, Event, lsn_to_int
+from invalidator.core.fastpath import FastPlanner, fast_planners
+from invalidator.core.operations import Operation, SkippedKey
+from invalidator.core.placement import Rendezvous, node_name
+from invalidator.core.redelete import RedeleteScheduler
+from invalidator.core.rules import RuleSet, TableName, plan
+from invalidator.core.tracker import AckTracker, Txn
+from invalidator.errors import DecodeError, SourceError
+from invalidator.hotpath import HotPath
+from invalidator.runtime.discovery import DiscoveryError, GracePlacement, Member, resolve
+from invalidator.runtime.metrics import Metrics
+from invalidator.runtime.skips import SkipReporter
+from invalidator.sinks.memcached.channel import FLUSH_OP, Entry, NodeChannel
+from invalidator.sinks.memcached.client import Router
+from invalidator.sources import outbox
+from invalidator.sources.postgres import (
     Admin,
     ReplicationStream,
     SlotBusyError,
@@ -46,14 +52,8 @@ from .pgsource import (
     source_error,
     stream_options,
 )
-from .placement import Rendezvous, node_name
-from .redelete import RedeleteScheduler
-from .replication import Keepalive, ProtocolError, XLogData, parse_message
-from .rules import RuleSet, TableName, plan
-from .sink import Router
-from .skips import SkipReporter
-from .tracker import AckTracker, Txn
-from .wal2json import decode_v2
+from invalidator.sources.replication import Keepalive, ProtocolError, XLogData, parse_message
+from invalidator.sources.wal2json import decode_v2
 
 NODE_WINDOW = 50_000  # a healthy node's queued + in-flight operations before reading pauses
 STATUS_INTERVAL = 10.0  # below the default wal_sender_timeout (60 s) / 2

@@ -9,9 +9,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import parse_server
-from .daemon import Health
-from .metrics import Metrics
+from invalidator.config import parse_server
+from invalidator.runtime.daemon import Health
+from invalidator.runtime.metrics import Metrics
 
 STALL_SECONDS = 30.0  # the loop has not turned for this long: not alive
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from . import _hotpath
-from .fastpath import FastPlanner, fast_planners
-from .operations import Operation
-from .placement import Broadcast, Placement, Rendezvous
-from .rules import RuleSet, TableName
+from invalidator.core.fastpath import FastPlanner, fast_planners
+from invalidator.core.operations import Operation
+from invalidator.core.placement import Broadcast, Placement, Rendezvous
+from invalidator.core.rules import RuleSet, TableName
+from invalidator.hotpath import _hotpath
 
 _KINDS = {"insert": _hotpath.INSERT, "update": _hotpath.UPDATE, "delete": _hotpath.DELETE}
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import dns.exception
 import dns.resolver
 
-from .config import parse_server
-from .errors import CacheError
-from .placement import Placement, Rendezvous
+from invalidator.config import parse_server
+from invalidator.core.placement import Placement, Rendezvous
+from invalidator.errors import CacheError
 
 
 class DiscoveryError(CacheError):

@@ -13,15 +13,15 @@ from typing import IO, Any
 
 import orjson
 
-from .changes import Change
-from .config import Config
-from .errors import ConfigError
-from .metrics import Metrics
-from .operations import Operation
-from .rules import RuleSet, plan
-from .sink import MemcachedSink, Router
-from .skips import SkipReporter
-from .wal2json import read_stream
+from invalidator.config import Config
+from invalidator.core.changes import Change
+from invalidator.core.operations import Operation
+from invalidator.core.rules import RuleSet, plan
+from invalidator.errors import ConfigError
+from invalidator.runtime.metrics import Metrics
+from invalidator.runtime.skips import SkipReporter
+from invalidator.sinks.memcached.client import MemcachedSink, Router
+from invalidator.sources.wal2json import read_stream
 
 APPLY_BATCH = 10_000
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from .redact import redact
+from invalidator.redact import redact
 
 
 def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

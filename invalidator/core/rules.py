@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .changes import Change, Row
-from .config import Config, RuleConfig
-from .operations import EMPTY_PLAN, Operation, OpName, Plan, SkippedKey
-from .templates import Template, Unbuildable, compile_template, key_problem
+from invalidator.config import Config, RuleConfig
+from invalidator.core.changes import Change, Row
+from invalidator.core.operations import EMPTY_PLAN, Operation, OpName, Plan, SkippedKey
+from invalidator.core.templates import Template, Unbuildable, compile_template, key_problem
 
 TableName = tuple[str, str]  # (schema, table)
 

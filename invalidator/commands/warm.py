@@ -16,13 +16,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from .config import Config, WarmConfig
-from .errors import SourceError
-from .operations import Operation
-from .pgsource import CONNECT_TIMEOUT, SESSION_OPTIONS, source_error
-from .rules import json_default
-from .sink import MemcachedSink, Router
-from .templates import Unbuildable, compile_template, key_problem
+from invalidator.config import Config, WarmConfig
+from invalidator.core.operations import Operation
+from invalidator.core.rules import json_default
+from invalidator.core.templates import Unbuildable, compile_template, key_problem
+from invalidator.errors import SourceError
+from invalidator.sinks.memcached.client import MemcachedSink, Router
+from invalidator.sources.postgres import CONNECT_TIMEOUT, SESSION_OPTIONS, source_error
 
 BATCH = 2_000
 PROGRESS_EVERY = 5.0

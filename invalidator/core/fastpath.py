@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .rules import CompiledRule, RuleSet, TableName
-from .templates import MAX_KEY_BYTES, Template
+from invalidator.core.rules import CompiledRule, RuleSet, TableName
+from invalidator.core.templates import MAX_KEY_BYTES, Template
 
 Renderer = Callable[[dict[str, Any]], "str | None"]
 

@@ -11,9 +11,11 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import PoolConfig, parse_server
-from .errors import NodeError
-from .memcache_protocol import (
+from invalidator.config import PoolConfig, parse_server
+from invalidator.core.operations import Operation
+from invalidator.core.placement import Placement, node_name, placement_for
+from invalidator.errors import NodeError
+from invalidator.sinks.memcached.protocol import (
     Outcome,
     ReplyReader,
     add_request,
@@ -21,8 +23,6 @@ from .memcache_protocol import (
     incr_request,
     request_for,
 )
-from .operations import Operation
-from .placement import Placement, node_name, placement_for
 
 DEFAULT_TIMEOUT = 5.0
 
