@@ -26,6 +26,7 @@ import orjson
 from _common import write_json
 
 from invalidator.config import Config
+from invalidator.config.rules import compile_rules
 from invalidator.core.fastpath import fast_planners
 from invalidator.core.placement import Rendezvous
 from invalidator.core.rules import RuleSet
@@ -103,7 +104,7 @@ def main() -> None:
             "rules": [{"table": "bench", "keys": ["bench:{id}", "bench_email:{email}"]}],
         }
     )
-    rules = RuleSet.from_config(config)
+    rules = compile_rules(config)
     hot = HotPath.for_rules(rules, Router(config.pools).placements)
     data = messages(args.changes)
     batches = [data[i : i + BATCH] for i in range(0, len(data), BATCH)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invalidator.config import Config
-from invalidator.core.rules import CompiledRule, RuleSet
+from invalidator.config.rules import compile_rules
+from invalidator.core.rules import CompiledRule
 from invalidator.errors import InvalidatorError, NodeError
 from invalidator.sinks.memcached.client import NodeConnection, Router
 from invalidator.sources.postgres import PLUGIN, Admin
@@ -26,7 +27,7 @@ class Finding:
 def offline_findings(config: Config, source: str) -> list[Finding]:
     """Checks that need neither the database nor memcached."""
     findings: list[Finding] = []
-    rules = RuleSet.from_config(config)
+    rules = compile_rules(config)
     seen: dict[tuple[str, str, str, str], int] = {}
     for rule in rules.rules:
         where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
@@ -148,7 +149,7 @@ def online_findings(config: Config, source: str) -> list[Finding]:
                 findings.append(
                     Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")
                 )
-        rules = RuleSet.from_config(config)
+        rules = compile_rules(config)
         for rule in rules.rules:
             where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
             facts = admin.table_facts(rule.schema, rule.table)

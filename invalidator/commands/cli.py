@@ -16,6 +16,7 @@ from invalidator import __version__
 from invalidator.commands.check import offline_findings, online_findings
 from invalidator.commands.replay import replay
 from invalidator.config import Config, load_config
+from invalidator.config.rules import compile_rules
 from invalidator.errors import InvalidatorError, SourceError
 from invalidator.redact import redact
 from invalidator.runtime.logs import configure, get_logger
@@ -122,11 +123,10 @@ def _outbox_connection(config: Config) -> Any:
 def cmd_setup(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if config.source.kind == "notify":
-        from invalidator.core.rules import RuleSet
         from invalidator.sources import outbox
 
         with _outbox_connection(config) as conn:
-            added, removed = outbox.install(conn, RuleSet.from_config(config))
+            added, removed = outbox.install(conn, compile_rules(config))
         print(
             f"outbox {outbox.SCHEMA}.outbox ready; triggers added on "
             f"{', '.join(added) or 'no new table'}; removed from "

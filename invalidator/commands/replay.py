@@ -14,9 +14,10 @@ from typing import IO, Any
 import orjson
 
 from invalidator.config import Config
+from invalidator.config.rules import compile_rules
 from invalidator.core.changes import Change
 from invalidator.core.operations import Operation
-from invalidator.core.rules import RuleSet, plan
+from invalidator.core.rules import plan
 from invalidator.errors import ConfigError
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.skips import SkipReporter
@@ -76,7 +77,7 @@ def replay(
 ) -> ReplaySummary:
     """Decode ``paths`` in order, print each planned operation, optionally apply them."""
     metrics = metrics or Metrics()
-    rules = RuleSet.from_config(config)
+    rules = compile_rules(config)
     router = Router(config.pools)
     for rule in rules.rules:
         if rule.pool not in router.placements:

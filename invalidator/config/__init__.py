@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from invalidator.core.placement.servers import parse_server
 from invalidator.core.templates import TemplateSyntaxError, compile_template
 from invalidator.errors import ConfigError
 
@@ -67,27 +68,6 @@ def _check_template(source: str) -> str:
 
 
 KeyTemplate = Annotated[str, AfterValidator(_check_template)]
-
-
-def parse_server(server: str) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` / ``host`` → (host, port), as pymemcache reads them."""
-    server = server.strip()
-    if not server:
-        raise ValueError("empty server")
-    if server.startswith(("unix:", "/")):
-        raise ValueError("unix sockets are not supported")
-    if ":" not in server or server.endswith("]"):
-        host, port_text = server, "11211"
-    else:
-        host, port_text = server.rsplit(":", 1)
-    host = host.strip("[]") if host.startswith("[") else host
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"bad port in {server!r}") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"bad server {server!r} (expected host:port)")
-    return host, port
 
 
 class _Model(BaseModel):

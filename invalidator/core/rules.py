@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from invalidator.config import Config, RuleConfig
 from invalidator.core.changes import Change, Row
 from invalidator.core.operations import EMPTY_PLAN, Operation, OpName, Plan, SkippedKey
-from invalidator.core.templates import Template, Unbuildable, compile_template, key_problem
+from invalidator.core.templates import Template, Unbuildable, key_problem
 
 TableName = tuple[str, str]  # (schema, table)
 
@@ -52,30 +51,6 @@ class CompiledRule:
         return frozenset(names)
 
 
-def compile_rule(
-    index: int,
-    rule: RuleConfig,
-    pool_redelete: float | None = None,
-    ttls: Mapping[str, int] | None = None,
-) -> CompiledRule:
-    json_columns = rule.value.json_columns if rule.value is not None else None
-    return CompiledRule(
-        index=index,
-        schema=rule.schema_name,
-        table=rule.table,
-        on=frozenset(rule.on),
-        templates=tuple(compile_template(k) for k in rule.keys),
-        action=rule.action,
-        pool=rule.pool,
-        when_changed=rule.when_changed,
-        json_columns=json_columns,
-        ttl=(ttls or {}).get(rule.ttl, 0) if isinstance(rule.ttl, str) else (rule.ttl or 0),
-        value_query=rule.value.query if rule.value is not None else None,
-        truncate=rule.truncate_policy,
-        redelete=rule.redelete_after if rule.redelete_after is not None else pool_redelete,
-    )
-
-
 @dataclass(slots=True)
 class RuleSet:
     """Compiled rules indexed by table; ``aliases`` maps partitions to their parent."""
@@ -89,15 +64,6 @@ class RuleSet:
         for rule in self.rules:
             grouped.setdefault((rule.schema, rule.table), []).append(rule)
         self.by_table = {name: tuple(rules) for name, rules in grouped.items()}
-
-    @classmethod
-    def from_config(cls, config: Config) -> RuleSet:
-        return cls(
-            tuple(
-                compile_rule(i, r, config.pools[r.pool].redelete_after, config.pools[r.pool].ttls)
-                for i, r in enumerate(config.rules)
-            )
-        )
 
     @property
     def tables(self) -> tuple[TableName, ...]:

@@ -27,17 +27,18 @@ from typing import Any
 import orjson
 import psycopg
 
-from invalidator.config import Config, parse_server
+from invalidator.config import Config
+from invalidator.config.rules import compile_rules
 from invalidator.core.changes import Begin, Change, Commit, Event, lsn_to_int
 from invalidator.core.fastpath import FastPlanner, fast_planners
 from invalidator.core.operations import Operation, SkippedKey
-from invalidator.core.placement import Rendezvous, node_name
+from invalidator.core.placement import GracePlacement, Rendezvous, node_name, parse_server
 from invalidator.core.redelete import RedeleteScheduler
-from invalidator.core.rules import RuleSet, TableName, plan
+from invalidator.core.rules import TableName, plan
 from invalidator.core.tracker import AckTracker, Txn
 from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
-from invalidator.runtime.discovery import DiscoveryError, GracePlacement, Member, resolve
+from invalidator.runtime.discovery import DiscoveryError, Member, resolve
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.skips import SkipReporter
 from invalidator.sinks.memcached.channel import FLUSH_OP, Entry, NodeChannel
@@ -138,7 +139,7 @@ class Daemon:
         self.log = log
         self.health = health or Health()
         self.drain_timeout = drain_timeout
-        self.rules = RuleSet.from_config(config)
+        self.rules = compile_rules(config)
         self.router = Router(config.pools)
         self.channels: dict[str, NodeChannel] = {}
         for pool in config.pools.values():

@@ -9,15 +9,13 @@ placement agrees with theirs; the address to connect to is the target's A record
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
 import dns.resolver
 
-from invalidator.config import parse_server
-from invalidator.core.placement import Placement, Rendezvous
+from invalidator.core.placement import parse_server
 from invalidator.errors import CacheError
 
 
@@ -65,31 +63,3 @@ def resolve(
                 raise DiscoveryError(f"discover {srv}: target {target}: {exc}") from None
         members.append(Member(f"{target}:{port}", (ip, port)))
     return sorted(members)
-
-
-class GracePlacement:
-    """After a membership change, for ``grace`` seconds, delete on the new owner *and* on
-    the old one (when still a member): apps whose own discovery lags still read there."""
-
-    def __init__(
-        self,
-        new: Rendezvous,
-        old: Placement,
-        until: float,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.new = new
-        self.old = old
-        self.until = until
-        self.clock = clock
-        self.nodes = new.nodes
-        self._live = frozenset(new.nodes)
-
-    @property
-    def expired(self) -> bool:
-        return self.clock() >= self.until
-
-    def owners(self, key: str) -> tuple[str, ...]:
-        owners = self.new.owners(key)
-        extra = tuple(n for n in self.old.owners(key) if n in self._live and n not in owners)
-        return owners + extra

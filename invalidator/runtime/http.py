@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from invalidator.config import parse_server
+from invalidator.core.placement import parse_server
 from invalidator.runtime.daemon import Health
 from invalidator.runtime.metrics import Metrics
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from invalidator.core.placement import Rendezvous
-from invalidator.runtime.discovery import GracePlacement
+from invalidator.core.placement import GracePlacement, Rendezvous
 
 OLD = Rendezvous(["a:1", "b:1", "c:1"])
 

@@ -25,10 +25,11 @@ from pymemcache.client.hash import HashClient
 from pymemcache.client.rendezvous import RendezvousHash
 
 from invalidator.config import Config, load_config, parse_config
+from invalidator.config.rules import compile_rules
 from invalidator.core.changes import Change
 from invalidator.core.fastpath import fast_planners
 from invalidator.core.placement import Rendezvous
-from invalidator.core.rules import RuleSet, TableName, plan
+from invalidator.core.rules import TableName, plan
 from invalidator.errors import DecodeError
 from invalidator.hotpath import HotPath, Slot, _hotpath, feed_all
 from invalidator.sinks.memcached.client import Router
@@ -97,7 +98,7 @@ class Harness:
     """A HotPath for a config next to the Python engine it must agree with."""
 
     def __init__(self, cfg: Config, partitions: Mapping[TableName, TableName] | None = None):
-        rules = RuleSet.from_config(cfg)
+        rules = compile_rules(cfg)
         self.rules = rules.with_partitions(partitions) if partitions else rules
         self.router = Router(cfg.pools)
         self.hot = HotPath.for_rules(self.rules, self.router.placements)

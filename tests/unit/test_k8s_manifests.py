@@ -19,7 +19,8 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
-from invalidator.config import load_yaml, parse_config, parse_server
+from invalidator.config import load_yaml, parse_config
+from invalidator.core.placement import parse_server
 from invalidator.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from invalidator.config import parse_config
+from invalidator.config.rules import compile_rules
 from invalidator.core.changes import Change
 from invalidator.core.operations import Operation
 from invalidator.core.rules import RuleSet, plan
@@ -18,7 +19,7 @@ def ruleset(*rules: dict[str, Any]) -> RuleSet:
         },
         "test.yaml",
     )
-    return RuleSet.from_config(config)
+    return compile_rules(config)
 
 
 USERS = {"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}
@@ -246,6 +247,6 @@ def test_ttl_policy_names_resolve_through_the_pool() -> None:
         "t.yaml",
     )
     ops = plan(
-        Change("insert", "public", "products", new={"id": 1}), RuleSet.from_config(config)
+        Change("insert", "public", "products", new={"id": 1}), compile_rules(config)
     ).operations
     assert [(op.op, op.ttl) for op in ops] == [("refresh", 600)]

@@ -11,9 +11,9 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from invalidator.config import PoolConfig, parse_server
+from invalidator.config import PoolConfig
 from invalidator.core.operations import Operation
-from invalidator.core.placement import Placement, node_name, placement_for
+from invalidator.core.placement import Placement, node_name, parse_server, placement_for
 from invalidator.errors import NodeError
 from invalidator.sinks.memcached.protocol import (
     Outcome,
@@ -54,7 +54,7 @@ class Router:
         for name, pool in pools.items():
             if not pool.servers:
                 continue  # discovered pools are resolved by the daemon
-            self.placements[name] = placement_for(pool)
+            self.placements[name] = placement_for(pool.hashing, pool.servers, pool.fallback_depth)
             for server in pool.servers:
                 self.addresses[node_name(server)] = parse_server(server)
 

@@ -1,6 +1,6 @@
-"""Which memcached node owns a key, exactly as the apps' clients decide.
+"""pymemcache's placement: ``Rendezvous`` reproduces ``pymemcache.client.hash.HashClient``.
 
-``Rendezvous`` reproduces ``pymemcache.client.hash.HashClient``: node names are
+Node names are
 ``f"{host}:{port}"`` of the configured strings (no DNS), the score of a node is
 ``murmur3_32(f"{node}-{key}", seed=0)`` and the highest wins; ties go to the larger node
 string. pymemcache's murmur3 hashes ``ord(c) & 0xFF`` of each *character* (the 4th byte of
@@ -11,19 +11,12 @@ MurmurHash3 x86_32 of ``mmh3`` gives the same score for every str, ASCII or not.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import mmh3
 
-from invalidator.config import PoolConfig, parse_server
+from invalidator.core.placement.servers import node_name
 
 _hash = mmh3.hash
-
-
-def node_name(server: str) -> str:
-    """The node name pymemcache gives a server string (``[::1]:11211`` → ``::1:11211``)."""
-    host, port = parse_server(server)
-    return f"{host}:{port}"
 
 
 def hash_bytes(text: str) -> bytes:
@@ -32,16 +25,6 @@ def hash_bytes(text: str) -> bytes:
         return text.encode("latin-1")
     except UnicodeEncodeError:
         return bytes(ord(c) & 0xFF for c in text)
-
-
-class Placement(Protocol):
-    """Maps a key to the nodes that must receive its operation."""
-
-    nodes: tuple[str, ...]
-
-    def owners(self, key: str) -> tuple[str, ...]:
-        """The nodes to send ``key``'s operation to (primary first)."""
-        ...
 
 
 class Rendezvous:
@@ -86,23 +69,3 @@ class Rendezvous:
         if self.fallback_depth == 0:
             return (self.owner(key),)
         return tuple(self._rank(key)[: 1 + self.fallback_depth])
-
-
-class Broadcast:
-    """Every node gets every operation (for small pools or unknown client hashing)."""
-
-    def __init__(self, servers: Sequence[str]):
-        if not servers:
-            raise ValueError("broadcast placement needs at least one server")
-        self.nodes = tuple(node_name(s) for s in servers)
-
-    def owners(self, key: str) -> tuple[str, ...]:
-        return self.nodes
-
-
-def placement_for(pool: PoolConfig, servers: Sequence[str] | None = None) -> Placement:
-    """The placement a pool's config asks for, over ``servers`` (default: the pool's own)."""
-    servers = tuple(servers if servers is not None else pool.servers)
-    if pool.hashing == "broadcast":
-        return Broadcast(servers)
-    return Rendezvous(servers, pool.fallback_depth)

@@ -1,0 +1,15 @@
+"""The placement interface: which nodes must receive a key's operation."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Placement(Protocol):
+    """Maps a key to the nodes that must receive its operation."""
+
+    nodes: tuple[str, ...]
+
+    def owners(self, key: str) -> tuple[str, ...]:
+        """The nodes to send ``key``'s operation to (primary first)."""
+        ...

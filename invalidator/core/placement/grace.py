@@ -1,0 +1,36 @@
+"""A membership change's grace period: old and new owners both get each operation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from invalidator.core.placement.base import Placement
+
+
+class GracePlacement:
+    """After a membership change, for ``grace`` seconds, delete on the new owner *and* on
+    the old one (when still a member): apps whose own discovery lags still read there."""
+
+    def __init__(
+        self,
+        new: Placement,
+        old: Placement,
+        until: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.new = new
+        self.old = old
+        self.until = until
+        self.clock = clock
+        self.nodes = new.nodes
+        self._live = frozenset(new.nodes)
+
+    @property
+    def expired(self) -> bool:
+        return self.clock() >= self.until
+
+    def owners(self, key: str) -> tuple[str, ...]:
+        owners = self.new.owners(key)
+        extra = tuple(n for n in self.old.owners(key) if n in self._live and n not in owners)
+        return owners + extra

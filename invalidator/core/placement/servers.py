@@ -1,0 +1,32 @@
+"""Server strings as the apps' clients read them: ``host:port``, ``[v6]:port``, ``host``."""
+
+from __future__ import annotations
+
+DEFAULT_PORT = 11211
+
+
+def parse_server(server: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``host`` → (host, port), as pymemcache reads them."""
+    server = server.strip()
+    if not server:
+        raise ValueError("empty server")
+    if server.startswith(("unix:", "/")):
+        raise ValueError("unix sockets are not supported")
+    if ":" not in server or server.endswith("]"):
+        host, port_text = server, str(DEFAULT_PORT)
+    else:
+        host, port_text = server.rsplit(":", 1)
+    host = host.strip("[]") if host.startswith("[") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"bad port in {server!r}") from None
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad server {server!r} (expected host:port)")
+    return host, port
+
+
+def node_name(server: str) -> str:
+    """The node name pymemcache gives a server string (``[::1]:11211`` → ``::1:11211``)."""
+    host, port = parse_server(server)
+    return f"{host}:{port}"
