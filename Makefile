@@ -33,6 +33,7 @@ faults: system-deps venv
 lint: venv
 	$(VENV)/bin/ruff check invalidator tests bench scripts
 	$(VENV)/bin/ruff format --check invalidator tests bench scripts
+	$(VENV)/bin/lint-imports
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import orjson
 from _common import write_json
+from invalidator.core.fastpath import fast_planners
 
 from invalidator.config import Config
-from invalidator.config.rules import compile_rules
-from invalidator.core.fastpath import fast_planners
+from invalidator.config.build import compile_rules
 from invalidator.core.placement import Rendezvous
 from invalidator.core.rules import RuleSet
 from invalidator.hotpath import HotPath

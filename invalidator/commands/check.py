@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invalidator.config import Config
-from invalidator.config.rules import compile_rules
+from invalidator.config.build import compile_rules, node_addresses
 from invalidator.core.rules import CompiledRule
 from invalidator.errors import InvalidatorError, NodeError
-from invalidator.sinks.memcached.client import NodeConnection, Router
+from invalidator.sinks.memcached.client import NodeConnection
+from invalidator.sinks.memcached.protocol import VERSION_REQUEST
 from invalidator.sources.postgres import PLUGIN, Admin
 
 
@@ -174,11 +175,10 @@ def online_findings(config: Config, source: str) -> list[Finding]:
             )
     except InvalidatorError as exc:
         findings.append(Finding("error", "database", str(exc)))
-    router = Router(config.pools)
-    for node, address in router.addresses.items():
+    for node, address in node_addresses(config).items():
         conn = NodeConnection(node, address, timeout=2.0)
         try:
-            conn.roundtrip([b"version\r\n"])
+            conn.roundtrip([VERSION_REQUEST])
         except NodeError as exc:
             findings.append(Finding("error", f"memcached node {node}", exc.reason))
         finally:

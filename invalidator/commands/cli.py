@@ -10,18 +10,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from invalidator import __version__
 from invalidator.commands.check import offline_findings, online_findings
 from invalidator.commands.replay import replay
 from invalidator.config import Config, load_config
-from invalidator.config.rules import compile_rules
+from invalidator.config.build import compile_rules
 from invalidator.errors import InvalidatorError, SourceError
 from invalidator.redact import redact
 from invalidator.runtime.logs import configure, get_logger
 from invalidator.runtime.metrics import Metrics
-from invalidator.sources.postgres import Admin
+from invalidator.runtime.telemetry import Health
+from invalidator.sources.base import ChangeSource
 
 CONFIG_HELP = "YAML configuration (default: $INVALIDATOR_CONFIG, else /etc/invalidator/config.yaml)"
 
@@ -70,17 +70,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from invalidator.runtime.daemon import Daemon, Health, install_signal_handlers
     from invalidator.runtime.http import HttpServer
+    from invalidator.runtime.supervisor import Supervisor, install_signal_handlers
+    from invalidator.sources.postgres import ValueQueries
 
     config = _load(args)
     log = get_logger()
     metrics = Metrics()
     health = Health()
-    daemon = Daemon(
-        config, metrics=metrics, log=log, health=health, drain_timeout=args.drain_timeout
+    source = _source(config)
+    assert config.source.dsn is not None  # _source checked it
+    supervisor = Supervisor(
+        config,
+        source,
+        metrics=metrics,
+        log=log,
+        health=health,
+        values=ValueQueries(config.source.dsn.get_secret_value()),
+        drain_timeout=args.drain_timeout,
     )
-    install_signal_handlers(daemon, log)
+    install_signal_handlers(supervisor, log)
     server = None
     if config.http.listen:
         try:
@@ -88,97 +97,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SourceError(f"http.listen {config.http.listen}: {exc.strerror}") from None
         server.start()
-    log.info("starting", slot=config.source.slot, rules=len(config.rules), http=config.http.listen)
+    log.info("starting", source=source.target, rules=len(config.rules), http=config.http.listen)
     try:
-        return daemon.run()
+        return supervisor.run()
     finally:
         if server is not None:
             server.stop()
         log.info("stopped", confirmed_lsn=health.confirmed_lsn or None)
 
 
-def _slot_admin(args: argparse.Namespace) -> tuple[str, Admin]:
-    """The configured slot's name and an admin connection to its database."""
-    config = _load(args)
-    if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    return config.source.slot, Admin(config.source.dsn.get_secret_value())
+def _source(config: Config) -> ChangeSource:
+    from invalidator.sources import source_for
 
-
-def _outbox_connection(config: Config) -> Any:
-    import psycopg
-
-    from invalidator.sources.postgres import source_error
-
-    if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    try:
-        return psycopg.connect(
-            config.source.dsn.get_secret_value(), autocommit=True, connect_timeout=10
-        )
-    except psycopg.Error as exc:
-        raise source_error("cannot connect to PostgreSQL", exc) from None
+    return source_for(config, compile_rules(config))
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if config.source.kind == "notify":
-        from invalidator.sources import outbox
-
-        with _outbox_connection(config) as conn:
-            added, removed = outbox.install(conn, compile_rules(config))
-        print(
-            f"outbox {outbox.SCHEMA}.outbox ready; triggers added on "
-            f"{', '.join(added) or 'no new table'}; removed from "
-            f"{', '.join(removed) or 'no table'}"
-        )
-        return 0
-    slot, admin = _slot_admin(args)
-    print(f"slot {slot}: {'created' if admin.create_slot(slot) else 'already exists'}")
+    print(_source(load_config(args.config)).setup())
     return 0
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if config.source.kind == "notify":
-        from invalidator.sources import outbox
-
-        with _outbox_connection(config) as conn:
-            outbox.uninstall(conn)
-        print(f"outbox, trigger function and triggers dropped (schema {outbox.SCHEMA})")
-        return 0
-    slot, admin = _slot_admin(args)
-    print(f"slot {slot}: {'dropped' if admin.drop_slot(slot) else 'did not exist'}")
+    print(_source(load_config(args.config)).teardown())
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    if config.source.kind == "notify":
-        from invalidator.sources import outbox
-
-        with _outbox_connection(config) as conn:
-            try:
-                rows = outbox.backlog(conn)
-            except Exception:
-                print(json.dumps({"source": "notify", "installed": False}))
-                return 1
-        print(json.dumps({"source": "notify", "installed": True, "outbox_rows": rows}))
-        return 0
-    slot, admin = _slot_admin(args)
-    status = admin.slot_status(slot)
-    record = {
-        "slot": status.slot,
-        "exists": status.exists,
-        "active": status.active,
-        "active_pid": status.active_pid,
-        "confirmed_lsn": status.confirmed_flush_lsn,
-        "restart_lsn": status.restart_lsn,
-        "wal_retained_bytes": status.retained_bytes,
-        "lag_bytes": status.lag_bytes,
-    }
+    record, usable = _source(load_config(args.config)).status()
     print(json.dumps(record))
-    return 0 if status.exists else 1
+    return 0 if usable else 1
 
 
 def cmd_warm(args: argparse.Namespace) -> int:

@@ -14,14 +14,14 @@ from typing import IO, Any
 import orjson
 
 from invalidator.config import Config
-from invalidator.config.rules import compile_rules
+from invalidator.config.build import compile_rules, node_addresses, static_router
 from invalidator.core.changes import Change
 from invalidator.core.operations import Operation
 from invalidator.core.rules import plan
 from invalidator.errors import ConfigError
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.skips import SkipReporter
-from invalidator.sinks.memcached.client import MemcachedSink, Router
+from invalidator.sinks.memcached.client import MemcachedSink
 from invalidator.sources.wal2json import read_stream
 
 APPLY_BATCH = 10_000
@@ -78,7 +78,7 @@ def replay(
     """Decode ``paths`` in order, print each planned operation, optionally apply them."""
     metrics = metrics or Metrics()
     rules = compile_rules(config)
-    router = Router(config.pools)
+    router = static_router(config)
     for rule in rules.rules:
         if rule.pool not in router.placements:
             raise ConfigError(
@@ -86,7 +86,7 @@ def replay(
                 "(or INVALIDATOR_MEMCACHED_SERVERS)"
             )
     skips = SkipReporter(metrics, log)
-    sink = MemcachedSink(router) if apply else None
+    sink = MemcachedSink(router, node_addresses(config)) if apply else None
     summary = ReplaySummary()
     pending: list[Operation] = []
 

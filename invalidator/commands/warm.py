@@ -17,11 +17,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from invalidator.config import Config, WarmConfig
+from invalidator.config.build import node_addresses, static_router
 from invalidator.core.operations import Operation
 from invalidator.core.rules import json_default
 from invalidator.core.templates import Unbuildable, compile_template, key_problem
 from invalidator.errors import SourceError
-from invalidator.sinks.memcached.client import MemcachedSink, Router
+from invalidator.sinks.memcached.client import MemcachedSink
 from invalidator.sources.postgres import CONNECT_TIMEOUT, SESSION_OPTIONS, source_error
 
 BATCH = 2_000
@@ -44,7 +45,7 @@ def warm(
     """Run every ``warm:`` entry; returns what each did."""
     if config.source.dsn is None:
         raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
-    sink = MemcachedSink(Router(config.pools))
+    sink = MemcachedSink(static_router(config), node_addresses(config))
     results = []
     try:
         with psycopg.connect(

@@ -68,3 +68,14 @@ class AckTracker:
             return False
         self.confirmed = wal_end
         return True
+
+
+def commit_times(finished: list[Txn]) -> list[float]:
+    """The commit times of finished transactions (a unit's each), for the latency metric."""
+    times: list[float] = []
+    for done in finished:
+        if done.commit_times:
+            times.extend(done.commit_times)
+        elif done.commit_time is not None:
+            times.append(done.commit_time)
+    return times

@@ -1,9 +1,11 @@
-"""The C delete hot path (``_hotpath.c``) wired to the daemon's rules and placements.
+"""The C delete hot path (``_hotpath.c``): its Python face, built from rules and placements.
 
-``HotPath`` compiles what the C decoder can do exactly as the Python engine would: tables
-whose rules are plain deletes (a ``FastPlanner``) without re-deletes, on pools placed by
-plain rendezvous (pymemcache ``HashClient``) or broadcast. Everything else — and every
-unusual record of those tables — is declined by the decoder and handled in Python.
+The C decoder is an accelerator, never a second meaning: for the tables and pools it
+takes, it must emit exactly the deletes ``plan()`` plans and the placements route (the
+tests prove it over every fixture and generated records). It takes tables whose rules are
+all plain deletes (no ``when_changed``, no re-delete) on pools whose placement says the C
+code reproduces it (``Placement.hot_mode``). Everything else — and every unusual record
+of those tables — it declines, and ``plan()`` handles it.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from invalidator.core.fastpath import FastPlanner, fast_planners
 from invalidator.core.operations import Operation
-from invalidator.core.placement import Broadcast, Placement, Rendezvous
-from invalidator.core.rules import RuleSet, TableName
+from invalidator.core.placement import Placement
+from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.hotpath import _hotpath
 
 _KINDS = {"insert": _hotpath.INSERT, "update": _hotpath.UPDATE, "delete": _hotpath.DELETE}
+_MODES = {"rendezvous": _hotpath.RENDEZVOUS, "broadcast": _hotpath.BROADCAST}
+MAX_COLUMNS = 64
+
+TableSpec = tuple[bytes, bytes, int, list[bytes], list[tuple[int, list[bytes], list[int]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,80 +33,91 @@ class Slot:
     node: str
 
 
-def _pool_spec(placement: Placement) -> tuple[int, list[str]] | None:
-    """(mode, nodes) when the C decoder places keys exactly as ``placement``, else None."""
-    if type(placement) is Broadcast:
-        return _hotpath.BROADCAST, list(placement.nodes)
-    if (
-        type(placement) is Rendezvous
-        and placement.fallback_depth == 0
-        and all(node.isascii() for node in placement.nodes)
-    ):
-        return _hotpath.RENDEZVOUS, list(placement.nodes)
-    return None
-
-
 class HotPath:
     """A ``_hotpath.Decoder`` for the eligible tables, with its slots and table names."""
 
-    def __init__(
-        self, planners: Mapping[TableName, FastPlanner], placements: Mapping[str, Placement]
-    ):
+    def __init__(self, rules: RuleSet, placements: Mapping[str, Placement]):
         pool_index: dict[str, int] = {}
         pool_specs: list[tuple[int, list[tuple[bytes, bytes, int]]]] = []
         self.slots: list[Slot] = []
         for pool, placement in placements.items():
-            spec = _pool_spec(placement)
-            if spec is None:
+            mode = _MODES.get(placement.hot_mode or "")
+            if mode is None:
                 continue
-            mode, nodes = spec
             entries: list[tuple[bytes, bytes, int]] = []
-            for node in nodes:
+            for node in placement.nodes:
                 entries.append((f"{node}-".encode(), node.encode(), len(self.slots)))
                 self.slots.append(Slot(pool, node))
             pool_index[pool] = len(pool_specs)
             pool_specs.append((mode, entries))
         self.tables: list[str] = []  # "schema.table" per decoder table index (metrics)
         table_specs = []
-        for (schema, table), planner in planners.items():
-            table_spec = _table_spec(schema, table, planner, pool_index)
-            if table_spec is not None:
-                table_specs.append(table_spec)
-                self.tables.append(planner.table)
+        for schema, table in list(rules.by_table) + list(rules.aliases):
+            spec = table_spec(schema, table, rules.rules_for(schema, table), pool_index)
+            if spec is not None:
+                table_specs.append(spec)
+                self.tables.append(f"{schema}.{table}")
         self.decoder = _hotpath.Decoder(table_specs, pool_specs, len(self.slots))
         # The operation each slot's batches are accounted to (pool label; no single key).
         self.batch_ops = [Operation("delete", "", slot.pool, "*") for slot in self.slots]
 
-    @classmethod
-    def for_rules(cls, rules: RuleSet, placements: Mapping[str, Placement]) -> HotPath:
-        return cls(fast_planners(rules), placements)
-
     def __len__(self) -> int:
         return len(self.tables)
 
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (its commit not yet seen by C or by Python)."""
+        return self.decoder.in_transaction
 
-def _table_spec(
-    schema: str, table: str, planner: FastPlanner, pool_index: Mapping[str, int]
-) -> tuple[bytes, bytes, int, list[bytes], list[tuple[int, list[bytes], list[int]]]] | None:
-    if planner.redelete or not planner.kinds:
+    def declined_begin(self) -> None:
+        """Python read a BEGIN that C declined: the transaction is open all the same."""
+        self.decoder.in_transaction = True
+
+    def declined_commit(self) -> None:
+        """Python read a COMMIT that C declined."""
+        self.decoder.in_transaction = False
+
+    def carry_over(self, previous: HotPath | None) -> None:
+        """Rebuilt mid-transaction (a new partition, a membership change): the new decoder
+        must still know a transaction is open, or the idle advance could confirm past it."""
+        if previous is not None:
+            self.decoder.in_transaction = previous.decoder.in_transaction
+
+
+def table_spec(
+    schema: str, table: str, rules: Sequence[CompiledRule], pool_index: Mapping[str, int]
+) -> TableSpec | None:
+    """What C needs for one table, or None when the table must be left to ``plan()``."""
+    if not rules or any(
+        r.action != "delete" or r.when_changed is not None or r.redelete for r in rules
+    ):
         return None
-    if any(pool not in pool_index for pool, _ in planner.templates):
+    # Every rule must accept every kind C takes, or plan() decides.
+    kinds = [k for k in ("insert", "update", "delete") if all(k in r.on for r in rules)]
+    if not kinds or any(r.pool not in pool_index for r in rules):
         return None
     columns: list[str] = []
     templates: list[tuple[int, list[bytes], list[int]]] = []
-    for pool, template in planner.templates:
-        if not all(_printable_ascii(lit) for lit in template.literals):
-            return None  # every key would be declined: leave the table to Python
-        indexes: list[int] = []
-        for column in template.columns:
-            if column not in columns:
-                columns.append(column)
-            indexes.append(columns.index(column))
-        templates.append((pool_index[pool], [lit.encode() for lit in template.literals], indexes))
-    if len(columns) > 64:
+    for rule in rules:
+        for template in rule.templates:
+            if not all(_printable_ascii(lit) for lit in template.literals):
+                return None  # every key would be declined: leave the table to plan()
+            indexes: list[int] = []
+            for column in template.columns:
+                if column not in columns:
+                    columns.append(column)
+                indexes.append(columns.index(column))
+            literals = [lit.encode() for lit in template.literals]
+            templates.append((pool_index[rule.pool], literals, indexes))
+    if len(columns) > MAX_COLUMNS:
         return None
-    kinds = sum(_KINDS[k] for k in planner.kinds)
-    return schema.encode(), table.encode(), kinds, [c.encode() for c in columns], templates
+    return (
+        schema.encode(),
+        table.encode(),
+        sum(_KINDS[k] for k in kinds),
+        [c.encode() for c in columns],
+        templates,
+    )
 
 
 def _printable_ascii(text: str) -> bool:

@@ -10,8 +10,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from invalidator.core.placement import parse_server
-from invalidator.runtime.daemon import Health
 from invalidator.runtime.metrics import Metrics
+from invalidator.runtime.telemetry import Health
 
 STALL_SECONDS = 30.0  # the loop has not turned for this long: not alive
 

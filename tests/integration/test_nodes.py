@@ -21,14 +21,14 @@ def drive(channel: NodeChannel, until: float = 5.0) -> list[Entry]:
     end = time.monotonic() + until
     while channel.pending and time.monotonic() < end:
         channel.ensure_connected()
-        if channel.sock is None:
+        if channel.transport is None:
             time.sleep(0.01)
             continue
         with selectors.DefaultSelector() as sel:
             events = selectors.EVENT_READ
             if channel.wants_write:
                 events |= selectors.EVENT_WRITE
-            sel.register(channel.sock, events)
+            sel.register(channel.transport, events)
             for _, ready in sel.select(0.05):
                 if ready & selectors.EVENT_WRITE:
                     channel.on_writable()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import mmh3
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,14 +24,12 @@ from pymemcache.client.hash import HashClient
 from pymemcache.client.rendezvous import RendezvousHash
 
 from invalidator.config import Config, load_config, parse_config
-from invalidator.config.rules import compile_rules
+from invalidator.config.build import compile_rules, static_router
 from invalidator.core.changes import Change
-from invalidator.core.fastpath import fast_planners
 from invalidator.core.placement import Rendezvous
 from invalidator.core.rules import TableName, plan
 from invalidator.errors import DecodeError
 from invalidator.hotpath import HotPath, Slot, _hotpath, feed_all
-from invalidator.sinks.memcached.client import Router
 from invalidator.sources.wal2json import decode_v2
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -100,10 +97,9 @@ class Harness:
     def __init__(self, cfg: Config, partitions: Mapping[TableName, TableName] | None = None):
         rules = compile_rules(cfg)
         self.rules = rules.with_partitions(partitions) if partitions else rules
-        self.router = Router(cfg.pools)
-        self.hot = HotPath.for_rules(self.rules, self.router.placements)
+        self.router = static_router(cfg)
+        self.hot = HotPath(self.rules, self.router.placements)
         self.decoder = self.hot.decoder
-        self.planners = fast_planners(self.rules)
 
     def python(self, payload: bytes) -> Grouped | None:
         """The Python engine's deletes, or None when it would not plan them cleanly."""
@@ -119,26 +115,6 @@ class Harness:
         return group(
             (r.operation.pool, r.node, r.operation.key)
             for r in self.router.route(result.operations)
-        )
-
-    def fast(self, payload: bytes) -> Grouped | None:
-        """FastPlanner's answer over orjson (as the daemon uses it), routed; None: no answer."""
-        if b'"type":"numeric' in payload:
-            return None  # the daemon never asks FastPlanner about numeric columns
-        try:
-            doc = orjson.loads(payload)
-            planner = self.planners.get((doc["schema"], doc["table"]))
-            kind = KINDS[doc["action"].encode()]
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            return None
-        if planner is None:
-            return None
-        pairs = planner.keys(doc, kind)
-        if pairs is None:
-            return None
-        placements = self.router.placements
-        return group(
-            (pool, node, key) for pool, key in pairs for node in placements[pool].owners(key)
         )
 
     def take(self) -> Grouped:
@@ -157,9 +133,6 @@ class Harness:
             assert emitted == {}, payload
             return True
         assert emitted == self.python(payload), payload
-        fast = self.fast(payload)
-        if fast is not None:
-            assert emitted == fast, payload
         return False
 
 

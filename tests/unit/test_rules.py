@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from invalidator.config import parse_config
-from invalidator.config.rules import compile_rules
+from invalidator.config.build import compile_rules
 from invalidator.core.changes import Change
 from invalidator.core.operations import Operation
 from invalidator.core.rules import RuleSet, plan

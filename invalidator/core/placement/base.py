@@ -9,6 +9,9 @@ class Placement(Protocol):
     """Maps a key to the nodes that must receive its operation."""
 
     nodes: tuple[str, ...]
+    # The C hot path's name for this exact placement ("rendezvous", "broadcast"), or None
+    # when only Python reproduces it.
+    hot_mode: str | None
 
     def owners(self, key: str) -> tuple[str, ...]:
         """The nodes to send ``key``'s operation to (primary first)."""

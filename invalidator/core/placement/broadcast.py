@@ -14,6 +14,7 @@ class Broadcast:
         if not servers:
             raise ValueError("broadcast placement needs at least one server")
         self.nodes = tuple(node_name(s) for s in servers)
+        self.hot_mode: str | None = "broadcast"
 
     def owners(self, key: str) -> tuple[str, ...]:
         return self.nodes

@@ -25,6 +25,7 @@ class GracePlacement:
         self.clock = clock
         self.nodes = new.nodes
         self._live = frozenset(new.nodes)
+        self.hot_mode: str | None = None  # two placements at once: Python's job
 
     @property
     def expired(self) -> bool:

@@ -41,6 +41,8 @@ class Rendezvous:
         self.fallback_depth = fallback_depth
         self._prefixes = tuple((f"{n}-".encode("latin-1", "replace"), n) for n in self.nodes)
         self._exact_prefixes = all(n.isascii() for n in self.nodes)
+        exact_in_c = fallback_depth == 0 and self._exact_prefixes
+        self.hot_mode = "rendezvous" if exact_in_c else None
 
     def owner(self, key: str) -> str:
         """The single node ``HashClient`` picks for ``key``."""

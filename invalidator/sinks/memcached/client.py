@@ -1,8 +1,7 @@
-"""The memcached edge: route operations to nodes and apply them with pipelined requests.
+"""The blocking memcached client of the commands (``replay --apply``, ``warm``, ``check``).
 
-One connection per node, TCP_NODELAY on (a request behind an unanswered one must not wait
-for a delayed ACK). Operations of one node are written in one go and their replies read
-back in order, so order per key is the order given.
+One connection per node; a node's operations are written in one go and their replies
+read back in order, so order per key is the order given.
 """
 
 from __future__ import annotations
@@ -11,28 +10,21 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from invalidator.config import PoolConfig
 from invalidator.core.operations import Operation
-from invalidator.core.placement import Placement, node_name, parse_server, placement_for
+from invalidator.core.routing import Router, by_node
 from invalidator.errors import NodeError
+from invalidator.sinks.memcached.connector import PLAIN, Connector
 from invalidator.sinks.memcached.protocol import (
+    BumpStep,
     Outcome,
     ReplyReader,
-    add_request,
+    bump_next,
     classify,
-    incr_request,
     request_for,
 )
 
 DEFAULT_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """An operation bound for one node."""
-
-    operation: Operation
-    node: str
+MAX_BUMP_ROUNDS = 4  # incr, add, incr again, add again: then report what it answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,57 +37,29 @@ class Applied:
     detail: str = ""
 
 
-class Router:
-    """Pool name → placement, and node name → address."""
-
-    def __init__(self, pools: Mapping[str, PoolConfig]):
-        self.placements: dict[str, Placement] = {}
-        self.addresses: dict[str, tuple[str, int]] = {}
-        for name, pool in pools.items():
-            if not pool.servers:
-                continue  # discovered pools are resolved by the daemon
-            self.placements[name] = placement_for(pool.hashing, pool.servers, pool.fallback_depth)
-            for server in pool.servers:
-                self.addresses[node_name(server)] = parse_server(server)
-
-    def route(self, operations: Iterable[Operation]) -> list[Routed]:
-        """Each operation once per owning node, in the given order."""
-        placements = self.placements
-        routed: list[Routed] = []
-        for op in operations:
-            placement = placements[op.pool]
-            nodes = placement.nodes if op.op == "flush" else placement.owners(op.key)
-            for node in nodes:
-                routed.append(Routed(op, node))
-        return routed
-
-
-def by_node(routed: Iterable[Routed]) -> dict[str, list[Operation]]:
-    """Group routed operations per node, keeping their order."""
-    groups: dict[str, list[Operation]] = {}
-    for item in routed:
-        groups.setdefault(item.node, []).append(item.operation)
-    return groups
-
-
 class NodeConnection:
     """A blocking, pipelining connection to one memcached node."""
 
-    def __init__(self, node: str, address: tuple[str, int], timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        node: str,
+        address: tuple[str, int],
+        timeout: float = DEFAULT_TIMEOUT,
+        connector: Connector = PLAIN,
+    ):
         self.node = node
         self.address = address
         self.timeout = timeout
+        self.connector = connector
         self._sock: socket.socket | None = None
         self._reader = ReplyReader()
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
             try:
-                sock = socket.create_connection(self.address, timeout=self.timeout)
+                self._sock = self.connector.open_blocking(self.address, self.timeout)
             except OSError as exc:
                 raise NodeError(self.node, f"cannot connect: {exc.strerror or exc}") from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
             self._reader = ReplyReader()
         return self._sock
 
@@ -124,7 +88,8 @@ class NodeConnection:
         return lines
 
     def apply(self, operations: Sequence[Operation]) -> list[Applied]:
-        """Apply ``operations`` in order; ``bump`` creates a missing counter with ``add``."""
+        """Apply ``operations`` in order; a ``bump`` follows the bump protocol (a missing
+        counter is created) in further pipelined rounds."""
         replies = [
             classify(line) for line in self.roundtrip([request_for(op) for op in operations])
         ]
@@ -132,43 +97,41 @@ class NodeConnection:
             Applied(op, self.node, r.outcome, r.line.decode("latin-1"))
             for op, r in zip(operations, replies, strict=True)
         ]
-        missing = [
-            i
-            for i, a in enumerate(results)
-            if a.operation.op == "bump" and a.outcome == "not_found"
-        ]
-        if missing:
-            results = self._create_counters(results, missing)
-        return results
-
-    def _create_counters(self, results: list[Applied], indexes: list[int]) -> list[Applied]:
-        # add "1" is atomic: if another writer created the counter first, incr it instead.
-        keys = [results[i].operation.key.encode() for i in indexes]
-        added = self.roundtrip([add_request(k, b"1") for k in keys])
-        retry = [
-            (i, k)
-            for i, k, line in zip(indexes, keys, added, strict=True)
-            if classify(line).outcome != "ok"
-        ]
-        retried = self.roundtrip([incr_request(k) for _, k in retry]) if retry else []
-        for i in indexes:
-            results[i] = Applied(results[i].operation, self.node, "ok", "created")
-        for (i, _), line in zip(retry, retried, strict=True):
-            reply = classify(line)
-            results[i] = Applied(
-                results[i].operation, self.node, reply.outcome, line.decode("latin-1")
-            )
+        steps: dict[int, BumpStep] = {
+            i: "incr" for i, op in enumerate(operations) if op.op == "bump"
+        }
+        for _ in range(MAX_BUMP_ROUNDS):
+            following: dict[int, tuple[BumpStep, bytes]] = {}
+            for i, step in steps.items():
+                nxt = bump_next(step, operations[i].key.encode(), results[i].outcome)
+                if nxt is not None:
+                    following[i] = nxt
+            if not following:
+                break
+            lines = self.roundtrip([request for _, request in following.values()])
+            steps = {}
+            for (i, (step, _)), line in zip(following.items(), lines, strict=True):
+                outcome = classify(line).outcome
+                detail = "created" if step == "add" and outcome == "ok" else line.decode("latin-1")
+                results[i] = Applied(operations[i], self.node, outcome, detail)
+                steps[i] = step
         return results
 
 
 class MemcachedSink:
     """Applies operations to every pool's nodes, one pipelined batch per node."""
 
-    def __init__(self, router: Router, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(
+        self,
+        router: Router,
+        addresses: Mapping[str, tuple[str, int]],
+        timeout: float = DEFAULT_TIMEOUT,
+        connector: Connector = PLAIN,
+    ):
         self.router = router
         self.connections = {
-            node: NodeConnection(node, address, timeout)
-            for node, address in router.addresses.items()
+            node: NodeConnection(node, address, timeout, connector)
+            for node, address in addresses.items()
         }
 
     def apply(self, operations: Iterable[Operation]) -> tuple[list[Applied], list[NodeError]]:

@@ -51,6 +51,38 @@ def add_request(key: bytes, value: bytes) -> bytes:
     return b"add %s 0 0 %d\r\n%s\r\n" % (key, len(value), value)
 
 
+FLUSH_REQUEST = b"flush_all\r\n"
+STATS_REQUEST = b"stats\r\n"
+VERSION_REQUEST = b"version\r\n"
+BumpStep = Literal["incr", "add", "incr_again"]
+
+
+def bump_next(step: BumpStep, key: bytes, outcome: Outcome) -> tuple[BumpStep, bytes] | None:
+    """The bump protocol's next step after ``outcome``, or None when the bump is done.
+
+    ``incr`` of a missing counter answers NOT_FOUND: create it with ``add "1"`` (atomic);
+    if another writer created it in between (NOT_STORED), ``incr`` theirs (and should that
+    one be gone again, start over with ``add``)."""
+    if step != "add" and outcome == "not_found":
+        return "add", add_request(key, b"1")
+    if step == "add" and outcome == "not_stored":
+        return "incr_again", incr_request(key)
+    return None
+
+
+def parse_identity(stats: bytes) -> tuple[int, int] | None:
+    """(pid, start time) from a ``stats`` reply: a change means the server restarted."""
+    values: dict[bytes, bytes] = {}
+    for line in stats.split(b"\r\n"):
+        parts = line.split(b" ", 2)
+        if len(parts) == 3 and parts[0] == b"STAT":
+            values[parts[1]] = parts[2]
+    try:
+        return int(values[b"pid"]), int(values[b"time"]) - int(values[b"uptime"])
+    except (KeyError, ValueError):
+        return None
+
+
 def request_for(operation: Operation) -> bytes:
     """The first request of ``operation`` (``bump`` may need a follow-up ``add``)."""
     key = operation.key.encode("utf-8")
@@ -59,7 +91,7 @@ def request_for(operation: Operation) -> bytes:
     if operation.op == "refresh":
         return set_request(key, operation.value or b"", operation.ttl)
     if operation.op == "flush":
-        return b"flush_all\r\n"
+        return FLUSH_REQUEST
     return incr_request(key)
 
 

@@ -1,11 +1,12 @@
-"""The validated configuration's rules, compiled for the core (``RuleSet``)."""
+"""Core objects built from the validated configuration: rules, placements, routers."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from invalidator.config import Config, RuleConfig
-from invalidator.core.placement import Placement, placement_for
+from invalidator.core.placement import Placement, node_name, parse_server, placement_for
+from invalidator.core.routing import Router
 from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.core.templates import compile_template
 
@@ -49,3 +50,20 @@ def pool_placement(config: Config, pool: str, servers: tuple[str, ...] | None = 
     settings = config.pools[pool]
     chosen = servers if servers is not None else settings.servers
     return placement_for(settings.hashing, chosen, settings.fallback_depth)
+
+
+def static_router(config: Config) -> Router:
+    """A router for every pool with static ``servers`` (discovered pools are resolved by
+    the daemon's membership)."""
+    return Router(
+        {name: pool_placement(config, name) for name, pool in config.pools.items() if pool.servers}
+    )
+
+
+def node_addresses(config: Config) -> dict[str, tuple[str, int]]:
+    """Node name → address of every static server of every pool."""
+    return {
+        node_name(server): parse_server(server)
+        for pool in config.pools.values()
+        for server in pool.servers
+    }

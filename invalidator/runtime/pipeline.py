@@ -1,0 +1,168 @@
+"""The daemon's one path from a change to queued cache work: rules → values → nodes.
+
+``on_change`` is what every source calls for a change the C hot path did not take:
+``plan()`` (the specification), a refresh rule's value query, the pools' placements, the
+node channels, and the re-delete that closes the cache-aside race. ``settled`` counts what
+memcached answered. Sources own the transactions (``Txn``) the work is accounted to.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from invalidator.core.changes import Change
+from invalidator.core.operations import Operation, SkippedKey
+from invalidator.core.placement import Placement
+from invalidator.core.redelete import RedeleteScheduler
+from invalidator.core.rules import RuleSet, TableName, plan
+from invalidator.core.tracker import Txn
+from invalidator.errors import SourceError
+from invalidator.runtime.skips import SkipReporter
+from invalidator.runtime.telemetry import Telemetry
+from invalidator.sinks.memcached.channel import FLUSH_OP, Entry
+from invalidator.sinks.memcached.nodeset import NodeSet
+
+
+class ValueSource(Protocol):
+    """Runs a refresh rule's ``value: {query}`` for a row (the database edge)."""
+
+    def value(self, query: str, row: dict[str, Any]) -> bytes | None: ...
+
+
+class Pipeline:
+    """Rules, values and nodes of one daemon; sources feed it, the loop settles it."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        nodes: NodeSet,
+        telemetry: Telemetry,
+        skips: SkipReporter,
+        values: ValueSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.rules = rules
+        self.nodes = nodes
+        self.telemetry = telemetry
+        self.skips = skips
+        self.values = values
+        self.clock = clock
+        self.log = telemetry.log
+        self.redeletes = RedeleteScheduler()
+        # A partition not known at start: the source resolves it to its watched parent.
+        self.resolve_partition: Callable[[TableName], None] | None = None
+        self._rules_version = 0
+
+    # -- what sources see (sources.base.Feed) ---------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self._rules_version + self.nodes.version
+
+    def placements(self) -> Mapping[str, Placement]:
+        return self.nodes.router.placements
+
+    def set_rules(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self._rules_version += 1
+
+    def add_partition(self, partition: TableName, parent: TableName) -> None:
+        self.rules.aliases[partition] = parent
+        self._rules_version += 1
+
+    def submit_batch(self, node: str, op: Operation, requests: bytes, count: int, txn: Txn) -> None:
+        self.nodes.submit_batch(node, op, requests, count, txn)
+
+    def count_changes(self, table: str, kind: str, count: int) -> None:
+        self.telemetry.changes[(table, kind)] += count
+
+    def acknowledged(self, commit_times: Iterable[float]) -> None:
+        self.telemetry.observe_commit_latency(commit_times)
+
+    def streaming(self, **context: Any) -> None:
+        self.telemetry.streaming()
+        self.log.info("streaming", **context)
+
+    def on_change(self, change: Change, txn: Txn) -> None:
+        """Plan ``change`` and queue its operations for ``txn``."""
+        self.telemetry.changes[(change.qualified_table, change.kind)] += 1
+        rules = self.rules
+        if self.resolve_partition is not None and not rules.rules_for(change.schema, change.table):
+            self.resolve_partition((change.schema, change.table))
+        result = plan(change, rules)
+        for skipped in result.skipped:
+            self.skips.report(skipped)
+        operations = result.operations
+        if not operations:
+            return
+        if any(op.op == "refresh" and op.value is None for op in operations):
+            operations = tuple(self._query_value(op, change) for op in operations)
+        routed = self.nodes.submit(operations, txn)
+        compiled = rules.rules
+        now = 0.0
+        for item in routed:
+            op = item.operation
+            delay = compiled[op.rule].redelete
+            if delay and op.op == "delete":
+                now = now or self.clock()
+                self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
+
+    def _query_value(self, op: Operation, change: Change) -> Operation:
+        """Fill a query refresh's value; no row (or a failing query) becomes a delete."""
+        query = self.rules.rules[op.rule].value_query
+        if op.op != "refresh" or op.value is not None or query is None:
+            return op
+        value = None
+        if self.values is not None:
+            try:
+                value = self.values.value(query, dict(change.new or {}))
+            except SourceError as exc:
+                self.telemetry.log.warning(
+                    "refresh query failed; deleting instead",
+                    rule=op.rule,
+                    table=op.table,
+                    error=str(exc),
+                )
+        if value is None:
+            return replace(op, op="delete", value=None, ttl=None)
+        return replace(op, value=value)
+
+    # -- re-deletes -----------------------------------------------------------------------
+
+    def _schedule_redelete(self, target: tuple[str, str, str], due: float, table: str) -> None:
+        for pool, node, key in self.redeletes.schedule(target, due):
+            self._send_redelete(pool, node, key, table)
+
+    def _send_redelete(self, pool: str, node: str, key: str, table: str = "redelete") -> None:
+        if self.nodes.redelete(node, Operation("delete", key, pool, table)):
+            self.telemetry.op_results[(pool, "redelete", "sent")] += 1
+
+    def tick(self, now: float) -> float | None:
+        """Send the re-deletes that are due; returns when the next one is (or None)."""
+        if not self.redeletes:
+            return None
+        for pool, node, key in self.redeletes.pop_due(now):
+            self._send_redelete(pool, node, key)
+        return self.redeletes.next_due()
+
+    # -- results --------------------------------------------------------------------------
+
+    def settled(self, entries: list[Entry]) -> None:
+        """Count what memcached answered."""
+        results = self.telemetry.op_results
+        for entry in entries:
+            op = entry.op
+            if entry.batch:
+                results[(op.pool, "delete", "ok")] += entry.deleted
+                if entry.count > entry.deleted:
+                    results[(op.pool, "delete", "not_found")] += entry.count - entry.deleted
+            elif op is FLUSH_OP:
+                results[("*", "flush_all", entry.outcome)] += 1
+            else:
+                results[(op.pool, op.op, entry.outcome or "ok")] += 1
+
+    def report(self, skipped: SkippedKey) -> None:
+        self.skips.report(skipped)

@@ -1,0 +1,314 @@
+"""The wal2json source: a logical replication slot streamed through the C hot path.
+
+Each replication session reads CopyData messages in batches; the C decoder turns the rows
+of eligible tables into per-node delete requests and records commits, and what it
+declines (other tables' rules, unusual records) is decoded in Python and planned by
+``plan()``, after the decoder's work so far, so per-node order holds. Each harvest is one
+unit of the ``AckTracker``: confirmable at its last commit once every node acknowledged
+it. The position sent to PostgreSQL never passes work not yet done; with nothing open or
+pending, the server's WAL end is confirmed so quiet tables do not pin WAL.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from invalidator.config import SourceConfig
+from invalidator.core.changes import Begin, Change, Commit, lsn_to_int
+from invalidator.core.operations import SkippedKey
+from invalidator.core.tracker import AckTracker, commit_times
+from invalidator.errors import DecodeError, SourceError
+from invalidator.hotpath import HotPath
+from invalidator.hotpath._hotpath import parse_timestamp
+from invalidator.sources.base import Feed, Session
+from invalidator.sources.partitions import PartitionWatcher
+from invalidator.sources.postgres import Admin, ReplicationStream, WalPosition, stream_options
+from invalidator.sources.replication import ProtocolError, XLogData, parse_message
+from invalidator.sources.wal2json import decode_v2
+
+STATUS_INTERVAL = 10.0  # below the default wal_sender_timeout (60 s) / 2
+STATUS_MIN_GAP = 0.1  # rate limit for status updates sent because the position moved
+READ_BATCH = 256  # messages per read when caught up: bounds the first one's wait
+READ_BATCH_BACKLOG = 4096  # after a full read (a backlog): fewer turns, larger writes
+# Far behind the server's WAL, a read that found few messages waits this long before the
+# next one: latency is the backlog's anyway, and a loop turn per handful of messages costs
+# the CPU that PostgreSQL's decoding (on the same machine) needs to catch up.
+BACKLOG_BYTES = 1 << 20
+BACKLOG_COALESCE = 0.001
+LAG_INTERVAL = 1.0  # how often the server's WAL position is read for the lag metric
+# wal2json: WARNING:  no tuple identifier for UPDATE in table "public"."events"
+_NO_IDENTITY = re.compile(
+    r"no tuple identifier for (?P<op>\w+) in table "
+    r'"(?P<schema>(?:[^"]|"")*)"\."(?P<table>(?:[^"]|"")*)"'
+)
+
+
+class LogicalSource:
+    """``source.kind: wal2json``: the slot, its setup and its sessions."""
+
+    kind = "wal2json"
+
+    def __init__(self, config: SourceConfig, dsn: str):
+        self.config = config
+        self.slot = config.slot
+        self.target = f"slot {config.slot}"
+        self.dsn = dsn
+        self.admin = Admin(dsn)
+        self.wal = WalPosition(dsn)
+
+    def setup(self) -> str:
+        created = self.admin.create_slot(self.slot)
+        return f"slot {self.slot}: {'created' if created else 'already exists'}"
+
+    def teardown(self) -> str:
+        return (
+            f"slot {self.slot}: {'dropped' if self.admin.drop_slot(self.slot) else 'did not exist'}"
+        )
+
+    def status(self) -> tuple[dict[str, Any], bool]:
+        status = self.admin.slot_status(self.slot)
+        record = {
+            "slot": status.slot,
+            "exists": status.exists,
+            "active": status.active,
+            "active_pid": status.active_pid,
+            "confirmed_lsn": status.confirmed_flush_lsn,
+            "restart_lsn": status.restart_lsn,
+            "wal_retained_bytes": status.retained_bytes,
+            "lag_bytes": status.lag_bytes,
+        }
+        return record, status.exists
+
+    def open(self, feed: Feed) -> Session:
+        if self.config.create_slot:
+            if self.admin.create_slot(self.slot):
+                feed.log.info("replication slot created", slot=self.slot)
+        elif not self.admin.slot_status(self.slot).exists:
+            raise SourceError(
+                f"slot {self.slot} does not exist and create_slot is false "
+                "(run `invalidator setup`)"
+            )
+        watched = set(feed.rules.tables)
+        partitions = self.admin.partitions(watched)
+        feed.set_rules(feed.rules.with_partitions(partitions))
+        # Partitions created later must not be filtered out by the server: with a
+        # partitioned table in the rules, take every table and resolve new names lazily.
+        watch_all = bool(partitions) or any(self.admin.table_facts(*t).partitioned for t in watched)
+        feed.resolve_partition = PartitionWatcher(self.admin, feed) if watch_all else None
+        return LogicalSession(self, feed, None if watch_all else feed.rules.tables)
+
+    def close(self) -> None:
+        self.wal.close()
+
+
+class LogicalSession:
+    """One START_REPLICATION session."""
+
+    def __init__(self, source: LogicalSource, feed: Feed, tables: Any):
+        self.source = source
+        self.feed = feed
+        self.stream = ReplicationStream(
+            source.dsn, source.slot, stream_options(tables), self._notice
+        )
+        start = source.admin.slot_status(source.slot)
+        self.tracker = AckTracker(
+            lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
+        )
+        self.stream.open(0)  # the server resumes at the slot's confirmed position
+        # A fresh decoder per session: whatever the last one held (an open transaction,
+        # unharvested requests of a failed session) is replayed by the server.
+        self.hot: HotPath | None = None
+        self.hot_version = -1
+        self.wal_end = 0
+        self.buffered_data = False
+        self.hold_until = 0.0
+        self.last_status = 0.0
+        self.sent_position = self.tracker.confirmed
+        self.last_lag = 0.0
+        try:
+            # The server's WAL end (lag metric, backlog detection): the stream's own walEnd
+            # fields only repeat record positions in logical replication.
+            self.server_end = source.wal.current()
+        except SourceError:
+            self.server_end = 0
+        feed.streaming(
+            slot=source.slot,
+            tables=len(feed.rules.tables),
+            resume_lsn=start.confirmed_flush_lsn,
+        )
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def may_read(self, now: float) -> bool:
+        return now >= self.hold_until
+
+    def buffered(self) -> bool:
+        return self.buffered_data
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, ready: bool, now: float) -> None:
+        if not ready:
+            return
+        hot = self._decoder()
+        limit = READ_BATCH_BACKLOG if self.buffered_data else READ_BATCH
+        raw = self.stream.read_raw(limit)
+        # A full batch may leave messages in libpq's buffer, which the socket will not
+        # signal again: read again on the next turn without waiting.
+        self.buffered_data = len(raw) == limit
+        self._feed(hot, raw)
+        decoder = hot.decoder
+        self.wal_end = max(self.wal_end, decoder.wal_end)
+        if decoder.take_reply_requested():
+            self.last_status = 0.0
+        if not self.buffered_data and self.server_end - decoder.position > BACKLOG_BYTES:
+            self.hold_until = now + BACKLOG_COALESCE
+
+    def _decoder(self) -> HotPath:
+        feed = self.feed
+        if self.hot is None or self.hot_version != feed.version:
+            previous = self.hot
+            if previous is not None:
+                self._take_counts(previous)
+            hot = HotPath(feed.rules, feed.placements())
+            hot.carry_over(previous)
+            self.hot = hot  # even with no table of its own: it tracks B/C for Python
+            self.hot_version = feed.version
+        return self.hot
+
+    def _feed(self, hot: HotPath, raw: list[Any]) -> None:
+        """Run a batch through the C decoder; what it declines goes through ``plan()``,
+        after the decoder's work so far (so per-node order is kept)."""
+        feed_many = hot.decoder.feed_many
+        i = 0
+        end = len(raw)
+        while i < end:
+            i = feed_many(raw, i)
+            if i == end:
+                break
+            self._harvest(hot)
+            try:
+                message = parse_message(raw[i])
+            except ProtocolError as exc:
+                raise SourceError(f"replication protocol: {exc}") from None
+            if type(message) is XLogData:
+                self._declined(hot, message)
+            i += 1
+        self._harvest(hot)
+
+    def _harvest(self, hot: HotPath) -> None:
+        """The decoder's requests and commits since the last harvest become one unit of
+        work: confirmable up to its last commit once every node acknowledged it."""
+        requests, commits, open_work = hot.decoder.harvest()
+        if not requests and not commits:
+            return
+        tracker = self.tracker
+        unit = tracker.begin()
+        slots = hot.slots
+        batch_ops = hot.batch_ops
+        submit = self.feed.submit_batch
+        for index, blob, count in requests:
+            submit(slots[index].node, batch_ops[index], blob, count, unit)
+        times = tuple(t for _, t in commits if t is not None)
+        tracker.commit(
+            unit,
+            commits[-1][0] if commits else 0,
+            # A transaction still streaming has no commit time: never "before a restart".
+            None if open_work or len(times) < len(commits) else max(times, default=None),
+        )
+        unit.commit_times = times
+
+    def _declined(self, hot: HotPath, message: XLogData) -> None:
+        """A record C left to Python: a unit of its own (C consumes every well-formed B
+        and C, so this is a row, a TRUNCATE, a message, or a record to report)."""
+        unit = self.tracker.begin()
+        try:
+            event = decode_v2(message.payload)
+        except DecodeError as exc:
+            # Never confirm past a record we could not read: stop this session loudly.
+            raise SourceError(
+                f"undecodable wal2json record at {message.data_start:X}: {exc}"
+            ) from None
+        if isinstance(event, Change):
+            self.feed.on_change(event, unit)
+        elif isinstance(event, Begin):
+            hot.declined_begin()
+        elif isinstance(event, Commit):
+            hot.declined_commit()
+            self.tracker.commit(unit, message.data_start, parse_timestamp(event.timestamp or ""))
+            return
+        self.tracker.commit(unit, 0, None)
+
+    def _take_counts(self, hot: HotPath) -> None:
+        for index, kind, count in hot.decoder.counts():
+            self.feed.count_changes(hot.tables[index], kind, count)
+
+    # -- acknowledging --------------------------------------------------------------------
+
+    def after_turn(self, now: float) -> float:
+        tracker = self.tracker
+        finished = tracker.advance()
+        if finished:
+            self.feed.acknowledged(commit_times(finished))
+        # Never confirm the server's WAL end inside a transaction (its commit may lie
+        # before that end): only when nothing is open or pending.
+        in_txn = self.hot is not None and self.hot.in_transaction
+        if not in_txn and tracker.pending == 0 and self.wal_end:
+            tracker.idle_advance(self.wal_end)
+        moved = tracker.confirmed != self.sent_position
+        if (moved and now - self.last_status >= STATUS_MIN_GAP) or (
+            now - self.last_status >= STATUS_INTERVAL
+        ):
+            self.stream.send_status(tracker.confirmed)
+            self.sent_position = tracker.confirmed
+            self.last_status = now
+            moved = False
+        if now - self.last_lag >= LAG_INTERVAL:
+            self.last_lag = now
+            try:
+                self.server_end = self.source.wal.current()
+            except SourceError as exc:
+                self.feed.log.warning("lag unknown", error=str(exc))
+        wait = max(0.0, self.hold_until - now) if now < self.hold_until else STATUS_INTERVAL
+        if moved:
+            # A status update deferred by the rate limit is due soon: wake for it.
+            wait = min(wait, max(0.0, self.last_status + STATUS_MIN_GAP - now))
+        return wait
+
+    def progress(self) -> tuple[int, int]:
+        if self.hot is not None:
+            self._take_counts(self.hot)
+        return self.tracker.confirmed, max(self.server_end, self.wal_end)
+
+    def close(self) -> None:
+        try:
+            if self.tracker.confirmed:
+                self.tracker.advance()
+                self.stream.send_status(self.tracker.confirmed)
+        except SourceError:
+            pass
+        finally:
+            if self.hot is not None:
+                self._take_counts(self.hot)
+            self.stream.close()
+
+    def _notice(self, severity: str, message: str) -> None:
+        """wal2json reports dropped changes only as notices: count and log them."""
+        match = _NO_IDENTITY.search(message)
+        if match is None:
+            self.feed.log.info("server notice", severity=severity, message=message)
+            return
+        table = (match["schema"].replace('""', '"'), match["table"].replace('""', '"'))
+        for rule in self.feed.rules.rules_for(*table):
+            self.feed.report(
+                SkippedKey(
+                    rule.index,
+                    ".".join(table),
+                    "*",
+                    f"wal2json dropped an {match['op']}: the table has no replica identity "
+                    "(ALTER TABLE ... REPLICA IDENTITY FULL, or add a primary key)",
+                    kind="identity",
+                )
+            )
