@@ -17,6 +17,7 @@ import psycopg
 
 from invalidator.config import SourceConfig
 from invalidator.core.tracker import AckTracker, commit_times
+from invalidator.errors import SourceError
 from invalidator.sources import outbox
 from invalidator.sources.base import Feed, Session
 from invalidator.sources.partitions import PartitionWatcher
@@ -84,7 +85,7 @@ class NotifySession:
         self.listen = connect(source.dsn)
         try:
             self.work = connect(source.dsn)
-        except BaseException:
+        except SourceError:
             self.listen.close()
             raise
         self.tracker = AckTracker()
@@ -142,23 +143,30 @@ class NotifySession:
     def after_turn(self, now: float) -> float:
         if self.tracker.pending and now - self.last_delete >= DELETE_EVERY:
             self.last_delete = now
-            finished = self.tracker.advance()
-            if finished:
-                try:
-                    # Only now: their work is acknowledged.
-                    outbox.delete(self.work, [txn.end_lsn for txn in finished])
-                except psycopg.Error as exc:
-                    raise source_error("outbox connection failed", exc) from None
-                self.feed.acknowledged(commit_times(finished))
+            self._delete_acknowledged()
         if self.woken:
             return 0.0
         return min(WOKEN_WAIT, max(0.0, self.last_fetch + OUTBOX_POLL - now))
+
+    def _delete_acknowledged(self) -> None:
+        finished = self.tracker.advance()
+        if not finished:
+            return
+        try:
+            # Only now: their work is acknowledged.
+            outbox.delete(self.work, [txn.end_lsn for txn in finished])
+        except psycopg.Error as exc:
+            raise source_error("outbox connection failed", exc) from None
+        self.feed.acknowledged(commit_times(finished))
 
     def progress(self) -> tuple[int, int]:
         return 0, 0
 
     def close(self) -> None:
-        for conn in (self.listen, getattr(self, "work", None)):
-            if conn is not None:
-                with contextlib.suppress(psycopg.Error):
-                    conn.close()
+        """Delete the rows whose work is acknowledged (the rest is drained again by the
+        next session), then disconnect."""
+        with contextlib.suppress(SourceError):
+            self._delete_acknowledged()
+        for conn in (self.listen, self.work):
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
