@@ -170,10 +170,6 @@ class DaemonProcess:
         return f"daemon (slot {self.slot})" if self.slot else "daemon"
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def pid(self) -> int:
         if self.proc is None:
             raise DaemonError(f"{self.name} not started")
@@ -234,8 +230,9 @@ class DaemonProcess:
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
         """(status, body) of a GET on the daemon's HTTP port; OSError when unreachable."""
+        url = f"http://127.0.0.1:{self.port}{path}"
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as reply:
+            with urllib.request.urlopen(url, timeout=timeout) as reply:
                 return int(reply.status), reply.read().decode()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode()
