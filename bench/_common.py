@@ -2,9 +2,9 @@
 
 ``Bench`` starts a throwaway PostgreSQL cluster (wal2json) and memcached nodes through
 ``tests/services.py`` and tears everything down on exit, errors and SIGTERM included.
-``DaemonProcess`` runs ``python -m invalidator run`` as a real subprocess and reads what an
-operator could read from outside: /readyz, /metrics, /proc/<pid>/{stat,status}.
-Benchmarks print figures; they never assert timings.
+``DaemonProcess`` is tests/daemon_process.py's wrapper (``python -m invalidator run`` as a
+real subprocess, read from outside: /readyz, /metrics, /proc/<pid>/{stat,status}) with the
+bench's config and habits. Benchmarks print figures; they never assert timings.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import math
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -33,14 +30,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-import yaml  # noqa: E402
 
+from invalidator.core.changes import int_to_lsn, lsn_to_int  # noqa: E402
+from tests import daemon_process  # noqa: E402
+from tests.daemon_process import DaemonError, write_config  # noqa: E402
 from tests.services import (  # noqa: E402
     MemcachedPool,
     PostgresCluster,
+    clean_env,
     exit_on_sigterm,
     free_port,
 )
+from tests.stats import latency_stats, percentile, slope  # noqa: E402
+
+# Scripts written against this module import these from here; their homes are
+# invalidator/core/changes.py, tests/services.py and tests/stats.py.
+client_env = clean_env
 
 __all__ = [
     "ROOT",
@@ -79,55 +84,6 @@ class BenchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def lsn_to_int(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def int_to_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
-def client_env() -> dict[str, str]:
-    """Our environment minus variables that would redirect libpq or the daemon's config."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PG", "INVALIDATOR_"))}
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of ``values`` (need not be sorted); nan when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))  # ceil(n * pct / 100), at least 1
-    return ordered[int(rank) - 1]
-
-
-def slope(points: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x for (x, y) points; nan with fewer than 2 distinct x."""
-    if len(points) < 2:
-        return float("nan")
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    if sxx == 0:
-        return float("nan")
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
-
-
-def latency_stats(latencies: Sequence[float], timeouts: int = 0) -> dict[str, float | int]:
-    """p50/p90/p99/max in ms of seconds-valued samples; a timeout counts as +inf."""
-    values = list(latencies) + [float("inf")] * timeouts
-    return {
-        "samples": len(values),
-        "timeouts": timeouts,
-        "p50_ms": percentile(values, 50) * 1000,
-        "p90_ms": percentile(values, 90) * 1000,
-        "p99_ms": percentile(values, 99) * 1000,
-        "max_ms": max(values, default=float("nan")) * 1000,
-    }
 
 
 def _plain(value: Any) -> Any:
@@ -287,26 +243,14 @@ def wait_confirmed(
 # --------------------------------------------------------------------------- the daemon
 
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+class DaemonProcess(daemon_process.DaemonProcess):
+    """tests/daemon_process.py's DaemonProcess as the bench scripts drive it.
 
-
-def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Prometheus text format → (name, labels, value) samples."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        labels = dict(_LABEL.findall(match.group(2) or ""))
-        samples.append((match.group(1), labels, float(match.group(3))))
-    return samples
-
-
-class DaemonProcess:
-    """``python -m invalidator run --config <tmp>.yaml`` with an HTTP port on 127.0.0.1."""
+    Its config: wal2json, one rendezvous pool, log level warning (the figures must not pay
+    for info lines), ``--drain-timeout``. ``start()`` only starts: the scripts time /readyz
+    with ``wait_ready()`` (30 s at most). ``stop()`` lets the daemon drain: SIGTERM, 20 s,
+    then SIGKILL. The log file is also called ``stderr_path`` here.
+    """
 
     def __init__(
         self,
@@ -319,148 +263,44 @@ class DaemonProcess:
         create_slot: bool = True,
         drain_timeout: float = 5.0,
     ):
-        self.slot = slot
-        self.port = free_port()
+        port = free_port()
+        config = write_config(
+            workdir / f"daemon-{slot}.yaml",
+            dsn=dsn,
+            slot=slot,
+            servers=servers,
+            rules=rules,
+            port=port,
+            pool={"hashing": "rendezvous"},
+            log_level="warning",
+            kind="wal2json",
+            create_slot=create_slot,
+        )
+        super().__init__(
+            config,
+            port,
+            workdir / f"daemon-{slot}.stderr",
+            slot=slot,
+            args=["--drain-timeout", str(drain_timeout)],
+            ready_timeout=30.0,
+            stop_timeout=20.0,
+        )
         self.drain_timeout = drain_timeout
-        config = {
-            "source": {"kind": "wal2json", "dsn": dsn, "slot": slot, "create_slot": create_slot},
-            "pools": {"default": {"servers": list(servers), "hashing": "rendezvous"}},
-            "rules": list(rules),
-            "http": {"listen": f"127.0.0.1:{self.port}"},
-            "log": {"format": "json", "level": "warning"},
-        }
-        self.config_path = workdir / f"daemon-{slot}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.stderr_path = workdir / f"daemon-{slot}.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.returncode: int | None = None
-        self._stderr: Any = None
+
+    def start(self, *, wait: bool = False, timeout: float | None = None) -> Self:
+        return super().start(wait=wait, timeout=timeout)
 
     @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError("daemon not started")
-        return self.proc.pid
+    def stderr_path(self) -> Path:
+        return self.log_path
 
-    def start(self) -> Self:
-        self._stderr = self.stderr_path.open("wb")
-        argv = [sys.executable, "-m", "invalidator", "run", "--config", str(self.config_path)]
-        argv += ["--drain-timeout", str(self.drain_timeout)]
-        self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=client_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._stderr,
-            stderr=self._stderr,
-        )
-        return self
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(
-                f"daemon (slot {self.slot}) exited with code {self.proc.returncode}:\n"
-                + "\n".join("    " + line for line in self.stderr_lines()[-15:])
-            )
-
-    # -- HTTP ---------------------------------------------------------------------------
-
-    def _get(self, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as reply:
-                return int(reply.status), bytes(reply.read())
-        except urllib.error.HTTPError as err:
-            return int(err.code), err.read()
-
-    def ready(self) -> bool:
-        try:
-            return self._get("/readyz", timeout=1.0)[0] == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        """Seconds from process start until /readyz answered 200."""
-        deadline = time.perf_counter() + timeout
-        while not self.ready():
-            self.check_alive()
-            if time.perf_counter() > deadline:
-                raise BenchError(f"daemon (slot {self.slot}) not ready after {timeout:.0f}s")
-            time.sleep(0.01)
-        return time.perf_counter() - self.started_at
-
-    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        status, body = self._get("/metrics")
-        if status != 200:
-            raise BenchError(f"/metrics answered {status}")
-        return parse_metrics(body.decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
-        return sum(
-            value
-            for sample, have, value in self.metrics()
-            if sample == name and all(have.get(k) == v for k, v in labels.items())
-        )
-
-    def breakdown(self, name: str, label: str, **labels: str) -> dict[str, float]:
-        """``name``'s samples matching ``labels``, summed per value of ``label``."""
-        totals: dict[str, float] = {}
-        for sample, have, value in self.metrics():
-            if sample == name and all(have.get(k) == v for k, v in labels.items()):
-                key = have.get(label, "")
-                totals[key] = totals.get(key, 0.0) + value
-        return totals
-
-    # -- /proc ----------------------------------------------------------------------------
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the daemon process (all its threads)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rpartition(")")[2].split()
-        # fields[0] is the state (field 3): utime and stime are fields 14 and 15.
-        ticks = int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def memory_kb(self) -> dict[str, int]:
-        """VmRSS, VmHWM, ... of /proc/<pid>/status, in kB."""
-        values = {}
-        for text in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            name, _, rest = text.partition(":")
-            if name.startswith("Vm") and rest.strip().endswith("kB"):
-                values[name] = int(rest.split()[0])
-        return values
-
-    # -- stopping -------------------------------------------------------------------------
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait (the daemon drains), SIGKILL if it does not exit; its exit code."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                print(f"daemon (slot {self.slot}) ignored SIGTERM for {timeout:.0f}s: killed")
-            self.returncode = proc.returncode
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-        return self.returncode
-
-    def stderr_lines(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            return self.stderr_path.read_text(errors="replace").splitlines()
-        return []
+    @stderr_path.setter
+    def stderr_path(self, path: Path) -> None:
+        self.log_path = path
 
     def report_stderr(self, limit: int = 10) -> None:
         """Print what the daemon wrote to stderr (warnings and errors only, by config)."""
-        lines = self.stderr_lines()
+        lines = self.log_lines()
         if not lines:
             print(f"daemon stderr (slot {self.slot}): empty")
             return
@@ -557,7 +397,7 @@ class RssSampler(threading.Thread):
         while not self.halt.is_set():
             try:
                 mem = self.daemon_proc.memory_kb()
-            except (OSError, RuntimeError):
+            except (OSError, DaemonError):
                 return
             self.samples.append((time.perf_counter(), mem["VmRSS"], mem["VmHWM"]))
             self.halt.wait(self.interval)
@@ -603,7 +443,7 @@ class LagSampler(threading.Thread):
                     wal, lag = slot_lag(conn, self.slot)
                     try:
                         daemon_lag = self.daemon_proc.metric("invalidator_replication_lag_bytes")
-                    except (OSError, BenchError, urllib.error.URLError):
+                    except (OSError, DaemonError):
                         daemon_lag = float("nan")
                     self.samples.append((at, wal, float("nan") if lag is None else lag, daemon_lag))
                     tick += 1
@@ -804,7 +644,7 @@ class Pgbench:
     def start(self) -> Self:
         with self.out_path.open("wb") as out:
             self.proc = subprocess.Popen(
-                self.argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                self.argv, env=clean_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
         self.started = time.perf_counter()
         return self

@@ -26,9 +26,7 @@ from _common import (
     fmt_breakdown,
     fmt_int,
     fmt_num,
-    int_to_lsn,
     load,
-    lsn_to_int,
     machine_lines,
     print_table,
     slot_confirmed,
@@ -36,6 +34,8 @@ from _common import (
     write_json,
 )
 from pymemcache.client.hash import HashClient
+
+from invalidator.core.changes import int_to_lsn, lsn_to_int
 
 SLOT = "big_txn"
 RULES = [{"table": "big", "keys": ["big:{id}"]}]

@@ -47,14 +47,11 @@ from _common import (
     LagSampler,
     Pgbench,
     busy_percent,
-    client_env,
     cpu_times,
     fmt_int,
     fmt_num,
     lag_summary,
-    latency_stats,
     load,
-    lsn_to_int,
     machine_lines,
     print_table,
     slot_lag,
@@ -63,6 +60,10 @@ from _common import (
 )
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
+
+from invalidator.core.changes import lsn_to_int
+from tests.services import clean_env
+from tests.stats import latency_stats
 
 SLOT = "latency"
 REF_SLOT = "latency_ref"
@@ -156,7 +157,7 @@ class RecvReference:
         argv += ["--no-loop", "-f", "-"]
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                argv, env=client_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
+                argv, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err
             )
         self.bench.defer(self.stop)
         self.reader = threading.Thread(target=self._read, name="recv-reader", daemon=True)

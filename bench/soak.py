@@ -28,14 +28,15 @@ from _common import (
     fmt_int,
     fmt_num,
     load,
-    lsn_to_int,
     machine_lines,
     print_table,
-    slope,
     slot_lag,
     wait_confirmed,
     write_json,
 )
+
+from invalidator.core.changes import lsn_to_int
+from tests.stats import slope
 
 SLOT = "soak"
 RULES = [{"table": "users", "keys": ["user:{id}"]}]

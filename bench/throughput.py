@@ -30,18 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     Bench,
     BenchError,
-    client_env,
     fmt_breakdown,
     fmt_int,
     fmt_num,
-    int_to_lsn,
     load,
-    lsn_to_int,
     machine_lines,
     print_table,
     wait_confirmed,
     write_json,
 )
+
+from invalidator.core.changes import int_to_lsn, lsn_to_int
+from tests.services import clean_env
 
 RULES = [{"table": "bench", "keys": ["bench:{id}", "bench_email:{email}"]}]
 RECV_OPTIONS = [
@@ -94,7 +94,7 @@ def run_recvlogical(bench: Bench, slot: str, endpos: str) -> float:
     start = time.perf_counter()
     proc = subprocess.run(
         argv,
-        env=client_env(),
+        env=clean_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -16,16 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,11 +31,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from pymemcache.client.base import Client  # noqa: E402
 from pymemcache.client.hash import HashClient  # noqa: E402
 
 from invalidator.config import load_yaml  # noqa: E402
+from tests.daemon_process import DaemonError, DaemonProcess, Sample, metric_sum  # noqa: E402
 from tests.services import (  # noqa: E402
     MemcachedPool,
     PostgresCluster,
@@ -47,6 +43,7 @@ from tests.services import (  # noqa: E402
     exit_on_sigterm,
     free_port,
 )
+from tests.stats import percentile  # noqa: E402
 
 DEMO_CONFIG = REPO_ROOT / "examples" / "demo.yaml"
 DATABASE = "app"
@@ -82,22 +79,6 @@ def heading(text: str) -> None:
 def ms(seconds: float) -> str:
     value = seconds * 1000
     return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1) of a non-empty sample."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def lsn_int(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def clean_env() -> dict[str, str]:
-    """Our environment without INVALIDATOR_* overrides: the demo's config file is the truth."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("INVALIDATOR_")}
 
 
 # --------------------------------------------------------------------------- the app
@@ -201,109 +182,8 @@ class Nodes:
                 client.close()
 
 
-# --------------------------------------------------------------------------- the daemon
-
-
-class Daemon:
-    """``python -m invalidator run`` as a subprocess, its console log in a file."""
-
-    def __init__(self, config: Path, log: Path, http: str):
-        self.config = config
-        self.log_path = log
-        self.http = http
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-
-    def start(self) -> float:
-        """Start and wait for /readyz; returns the seconds that took."""
-        self._log = self.log_path.open("wb")
-        started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "invalidator", "run", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=clean_env(),
-            cwd=REPO_ROOT,
-            start_new_session=True,  # Ctrl-C reaches us; we stop it with SIGTERM
-        )
-        last = "no answer"
-        while time.monotonic() - started < READY_TIMEOUT:
-            if self.proc.poll() is not None:
-                raise DemoError(
-                    f"the daemon exited with code {self.proc.returncode} before it was ready"
-                )
-            try:
-                with urllib.request.urlopen(f"http://{self.http}/readyz", timeout=1) as reply:
-                    if reply.status == 200:
-                        return time.monotonic() - started
-            except urllib.error.HTTPError as exc:
-                last = exc.read().decode(errors="replace").strip()
-            except OSError as exc:
-                last = str(getattr(exc, "reason", exc))
-            time.sleep(0.05)
-        raise DemoError(f"/readyz not 200 after {READY_TIMEOUT:.0f} s (last: {last})")
-
-    def log_lines(self) -> list[str]:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return []
-        return [line for line in text.splitlines() if line.strip()]
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join("    " + line for line in self.log_lines()[-lines:])
-
-    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        """Every sample of /metrics: name → [(labels, value)]."""
-        with urllib.request.urlopen(f"http://{self.http}/metrics", timeout=5) as reply:
-            text = reply.read().decode()
-        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-        return samples
-
-    def command(self, name: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "invalidator", name, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            cwd=REPO_ROOT,
-            timeout=30,
-            check=False,
-        )
-
-    def stop(self, timeout: float = 15.0) -> tuple[int | None, float]:
-        """SIGTERM and wait: (exit code, seconds). None when it had to be killed."""
-        proc, self.proc = self.proc, None
-        code: int | None = None
-        took = 0.0
-        if proc is not None:
-            started = time.monotonic()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            took = time.monotonic() - started
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code, took
-
-
-def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> int:
-    return round(
-        sum(
-            value
-            for sample_labels, value in samples.get(name, [])
-            if all(sample_labels.get(k) == v for k, v in labels.items())
-        )
-    )
+def total(samples: Sequence[Sample], name: str, **labels: str) -> int:
+    return round(metric_sum(samples, name, **labels))
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
@@ -335,7 +215,7 @@ class Demo:
         self.tmp = Path(tempfile.mkdtemp(prefix="invalidator-demo-"))
         self.pg: PostgresCluster | None = None
         self.memcached: MemcachedPool | None = None
-        self.daemon: Daemon | None = None
+        self.daemon: DaemonProcess | None = None
         self.app: App | None = None
         self.nodes: Nodes | None = None
         self.batch: psycopg.Connection[Any] | None = None
@@ -389,7 +269,8 @@ class Demo:
     def start_daemon(self) -> None:
         assert self.pg is not None and self.memcached is not None
         config = load_yaml(DEMO_CONFIG.read_text())
-        http = f"127.0.0.1:{free_port()}"
+        port = free_port()
+        http = f"127.0.0.1:{port}"
         config["source"]["dsn"] = self.pg.dsn(DATABASE)
         config["pools"]["default"]["servers"] = list(self.memcached.servers)
         config["http"]["listen"] = http
@@ -400,11 +281,17 @@ class Demo:
             + yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
         )
         heading("Daemon: python -m invalidator run --config " + str(path))
-        self.daemon = Daemon(path, self.tmp / "daemon.log", http)
-        took = self.daemon.start()
-        assert self.daemon.proc is not None
+        self.daemon = DaemonProcess(
+            path,
+            port,
+            self.tmp / "daemon.log",
+            slot=self.slot,
+            new_session=True,  # Ctrl-C reaches us; we stop it with SIGTERM
+            ready_timeout=READY_TIMEOUT,
+        )
+        took = self.daemon.start(wait=False).wait_ready()
         say(
-            f"  pid {self.daemon.proc.pid}, /readyz 200 after {took:.1f} s;"
+            f"  pid {self.daemon.pid}, /readyz 200 after {took:.1f} s;"
             f" metrics on http://{http}/metrics"
         )
         say(f"  its console log: {self.daemon.log_path} {DIM}(shown at the end){RESET}")
@@ -594,7 +481,7 @@ class Demo:
         sample = self.latencies[before:]
         say(
             f"  {len(sample)} more single-row UPDATEs, one at a time, each polled on its node:"
-            f" key gone p50 {ms(percentile(sample, 0.5))}, p99 {ms(percentile(sample, 0.99))},"
+            f" key gone p50 {ms(percentile(sample, 50))}, p99 {ms(percentile(sample, 99))},"
             f" max {ms(max(sample))}"
         )
 
@@ -676,12 +563,13 @@ class Demo:
         )
         lat = self.latencies
         say(
-            f"  commit → key gone  p50 {ms(percentile(lat, 0.5))}, p99 {ms(percentile(lat, 0.99))}"
+            f"  commit → key gone  p50 {ms(percentile(lat, 50))}, p99 {ms(percentile(lat, 99))}"
             f"  (commit returned → gone from its node, {len(lat)} keys polled)"
         )
         buckets = [
-            (float(labels["le"]), value)
-            for labels, value in samples.get("invalidator_commit_to_ack_seconds_bucket", [])
+            (float(sample.labels["le"]), sample.value)
+            for sample in samples
+            if sample.name == "invalidator_commit_to_ack_seconds_bucket"
         ]
         count = total(samples, "invalidator_commit_to_ack_seconds_count")
         if buckets and count:
@@ -698,7 +586,7 @@ class Demo:
         )
         if stale:
             self.fail(f"{stale} stale key(s) left")
-        status = self.daemon.command("status")
+        status = self.daemon.cli("status")
         try:
             record = json.loads(status.stdout)
             state = "active" if record["active"] else "inactive"
@@ -713,8 +601,8 @@ class Demo:
     def show_daemon_tail(self) -> None:
         if self.daemon is not None and self.daemon.log_lines():
             say(f"  {DIM}the daemon's log, last lines ({self.daemon.log_path}):{RESET}")
-            for line in self.daemon.log_tail().splitlines():
-                say(f"{DIM}{line}{RESET}")
+            for line in self.daemon.log_lines()[-15:]:
+                say(f"{DIM}    {line}{RESET}")
 
     def fail(self, reason: str) -> None:
         self.failures.append(reason)
@@ -726,11 +614,13 @@ class Demo:
         """The visible, graceful end: SIGTERM, then teardown of the slot."""
         assert self.daemon is not None
         heading("Shutdown")
-        code, took = self.daemon.stop()
+        started = time.monotonic()
+        code = self.daemon.stop(15.0)
+        took = time.monotonic() - started
         say(f"  daemon: SIGTERM → exit {code} after {ms(took)}")
         if code != 0:
             self.fail(f"the daemon exited with {code} on SIGTERM")
-        teardown = self.daemon.command("teardown")
+        teardown = self.daemon.cli("teardown")
         if teardown.returncode == 0:
             self.slot_dropped = True
             say(f"  invalidator teardown: {teardown.stdout.strip()}")
@@ -758,12 +648,12 @@ class Demo:
         if self.batch is not None:
             with contextlib.suppress(Exception):
                 self.batch.close()
-        if self.daemon is not None and self.daemon.proc is not None:
+        if self.daemon is not None and self.daemon.running:
             with contextlib.suppress(Exception):
-                self.daemon.stop(timeout=10)
+                self.daemon.stop(10.0)
         if self.daemon is not None and not self.slot_dropped and self.pg is not None:
             with contextlib.suppress(Exception):
-                self.daemon.command("teardown")
+                self.daemon.cli("teardown")
         stopped = []
         if self.memcached is not None:
             with contextlib.suppress(Exception):
@@ -798,6 +688,9 @@ class Demo:
             self.shutdown_daemon()
         except DemoError as exc:
             self.fail(str(exc))
+            self.show_daemon_tail()
+        except DaemonError as exc:  # its message ends with the log's tail, shown below
+            self.fail(str(exc).splitlines()[0])
             self.show_daemon_tail()
         except ServiceError as exc:
             self.fail(f"a service did not start: {exc}")

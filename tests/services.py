@@ -45,6 +45,7 @@ __all__ = [
     "Statement",
     "capture_wal2json",
     "capture_wal2json_many",
+    "clean_env",
     "exit_on_sigterm",
     "free_port",
 ]
@@ -93,9 +94,13 @@ def _with_detail(reason: str, detail: str) -> str:
     return f"{reason}\n{detail}" if detail else reason
 
 
-def _clean_env() -> dict[str, str]:
-    """The caller's environment without libpq/PostgreSQL variables that could redirect us."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process (server, client program or the daemon): ours
+    without the variables that could redirect it, libpq's ``PG*`` and the daemon's
+    ``INVALIDATOR_*`` overrides, plus ``extra``. The DSNs and config files we hand over
+    are the whole truth."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "INVALIDATOR_"))}
+    return {**kept, **extra}
 
 
 class _Stoppable(Protocol):
@@ -423,7 +428,7 @@ class PostgresCluster:
             return subprocess.run(
                 self._server_cmd(argv),
                 cwd=self._dir(),
-                env=_clean_env(),
+                env=clean_env(),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -542,7 +547,7 @@ class PostgresCluster:
                         [self.bin("pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", "30"]
                     ),
                     cwd=base,
-                    env=_clean_env(),
+                    env=clean_env(),
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     timeout=45,
@@ -787,7 +792,7 @@ def _recvlogical(
         try:
             proc = subprocess.run(
                 argv,
-                env=_clean_env(),
+                env=clean_env(),
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
