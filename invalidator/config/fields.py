@@ -45,6 +45,9 @@ KeyTemplate = Annotated[str, AfterValidator(_check_template)]
 
 
 class StrictModel(BaseModel):
-    """Immutable, and an unknown field is an error (a typo never passes silently)."""
+    """Immutable, and an unknown field is an error (a typo never passes silently). Inputs
+    stay out of a ``ValidationError``'s text: one of them may be the DSN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )

@@ -78,7 +78,7 @@ def _where(loc: Sequence[int | str], data: Any) -> str:
 
 def config_path(explicit: str | None, env: EnvOverrides | None = None) -> str:
     """``--config`` wins, then ``INVALIDATOR_CONFIG``, then the default path."""
-    env = env or EnvOverrides.from_environ()
+    env = env if env is not None else EnvOverrides.from_environ()
     return explicit or env.config or DEFAULT_CONFIG_PATH
 
 

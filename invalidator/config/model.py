@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -18,11 +19,41 @@ ChangeOp = Literal["insert", "update", "delete", "truncate"]
 Action = Literal["delete", "refresh", "bump"]
 
 
+def read_dsn_file(path: str) -> str:
+    """The DSN in ``path`` (a mounted Secret), surrounding whitespace and newline removed.
+    Errors name the path and never quote the file's content."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"dsn_file: cannot read {path}: {exc.strerror}") from None
+    try:
+        dsn = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"dsn_file: {path} is not UTF-8 text") from None
+    if not dsn:
+        raise ValueError(f"dsn_file: {path} is empty")
+    return dsn
+
+
 class SourceConfig(StrictModel):
     kind: Literal["wal2json", "notify"] = "wal2json"
     dsn: SecretStr | None = None
+    # Read into ``dsn`` at load time; kept as the path it came from.
+    dsn_file: str | None = Field(default=None, min_length=1)
     slot: str = "cache_invalidator"
     create_slot: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dsn_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("dsn_file") is None:
+            return data
+        if data.get("dsn") is not None:
+            raise ValueError("give either dsn or dsn_file, not both")
+        path = data["dsn_file"]
+        if not isinstance(path, str) or not path:
+            return data  # the field's own validation names the problem
+        return {**data, "dsn": read_dsn_file(path)}
 
     @field_validator("slot")
     @classmethod
