@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from invalidator.config import Config
+from invalidator.config import NO_DSN, Config
 from invalidator.config.build import compile_rules, node_addresses
 from invalidator.core.rules import CompiledRule
 from invalidator.errors import InvalidatorError, NodeError
@@ -128,7 +128,7 @@ def online_findings(config: Config, source: str) -> list[Finding]:
     and memcached (every node answers)."""
     findings: list[Finding] = []
     if config.source.dsn is None:
-        return [Finding("error", f"{source}: source.dsn", "no DSN (or INVALIDATOR_DSN)")]
+        return [Finding("error", f"{source}: source.dsn", NO_DSN)]
     admin = Admin(config.source.dsn.get_secret_value())
     try:
         level = admin.wal_level()

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from invalidator.config import Config, WarmConfig
+from invalidator.config import NO_DSN, Config, WarmConfig
 from invalidator.config.build import node_addresses, static_router
 from invalidator.core.operations import Operation
 from invalidator.core.rules import json_default
@@ -44,7 +44,7 @@ def warm(
 ) -> list[WarmResult]:
     """Run every ``warm:`` entry; returns what each did."""
     if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+        raise SourceError(NO_DSN)
     sink = MemcachedSink(static_router(config), node_addresses(config))
     results = []
     try:

@@ -22,6 +22,7 @@ from invalidator.config.load import (
     parse_config,
 )
 from invalidator.config.model import (
+    NO_DSN,
     Action,
     ChangeOp,
     Config,
@@ -37,6 +38,7 @@ from invalidator.config.pools import SUPPORTED_HASHING, DiscoverConfig, Hashing,
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_PREFIX",
+    "NO_DSN",
     "SUPPORTED_HASHING",
     "Action",
     "ChangeOp",

@@ -35,6 +35,9 @@ def read_dsn_file(path: str) -> str:
     return dsn
 
 
+NO_DSN = "no database: set source.dsn or source.dsn_file (or INVALIDATOR_DSN, INVALIDATOR_DSN_FILE)"
+
+
 class SourceConfig(StrictModel):
     kind: Literal["wal2json", "notify"] = "wal2json"
     dsn: SecretStr | None = None

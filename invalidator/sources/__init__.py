@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invalidator.config import Config
+from invalidator.config import NO_DSN, Config
 from invalidator.core.rules import RuleSet
 from invalidator.errors import SourceError
 from invalidator.sources.base import ChangeSource
@@ -11,7 +11,7 @@ from invalidator.sources.base import ChangeSource
 def source_for(config: Config, rules: RuleSet) -> ChangeSource:
     """The configured source (``source.kind``); raises SourceError without a DSN."""
     if config.source.dsn is None:
-        raise SourceError("no database: set source.dsn or INVALIDATOR_DSN")
+        raise SourceError(NO_DSN)
     dsn = config.source.dsn.get_secret_value()
     if config.source.kind == "notify":
         from invalidator.sources.notify import NotifySource
