@@ -36,6 +36,10 @@ faults: system-deps venv
 # pyproject.toml. PYTEST_ARGS narrows the run (e.g. PYTEST_ARGS=tests/unit); the exit status is pytest's.
 coverage: system-deps venv
 	@rm -rf .coverage-data .coverage-html .coverage-report.txt
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	cp scripts/coverage_autosave.py "$$site/_coverage_autosave.py"; \
+	echo 'import os; os.environ.get("COVERAGE_PROCESS_CONFIG") and __import__("_coverage_autosave")' \
+	  > "$$site/zz_coverage_autosave.pth"
 	@status=0; $(PY) -m coverage run -m pytest $(PYTEST_ARGS) || status=$$?; \
 	files=$$(ls .coverage-data | wc -l); \
 	$(PY) -m coverage combine -q --keep || exit 1; \
@@ -43,7 +47,8 @@ coverage: system-deps venv
 	  echo; \
 	  echo "Combined $$files data files: pytest's process and $$((files - 1)) Python subprocesses."; \
 	  echo "Not measured: the C extension invalidator/hotpath/_hotpath.c (coverage.py sees Python only)."; \
-	  echo "Subprocesses ended by SIGKILL (DaemonProcess.stop/kill) save no data; SIGTERM'd ones do."; \
+	  echo "Subprocesses save at exit, on SIGTERM, and every 0.2 s (scripts/coverage_autosave.py):"; \
+	  echo "a SIGKILL'd one (DaemonProcess.stop/kill) loses only what ran in its last 0.2 s."; \
 	} | tee .coverage-report.txt; \
 	$(PY) -m coverage html -q --keep-combined; \
 	echo "HTML: .coverage-html/index.html"; \
