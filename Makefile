@@ -48,7 +48,8 @@ coverage: system-deps venv
 	  echo "Combined $$files data files: pytest's process and $$((files - 1)) Python subprocesses."; \
 	  echo "Not measured: the C extension invalidator/hotpath/_hotpath.c (coverage.py sees Python only)."; \
 	  echo "Subprocesses save at exit, on SIGTERM, and every 0.2 s (scripts/coverage_autosave.py):"; \
-	  echo "a SIGKILL'd one (DaemonProcess.stop/kill) loses only what ran in its last 0.2 s."; \
+	  echo "a SIGKILL'd one (DaemonProcess.stop/kill) loses what ran in its last 0.2 s, for a"; \
+	  echo "short fixture daemon often its whole test: daemon-side figures are a lower bound."; \
 	} | tee .coverage-report.txt; \
 	$(PY) -m coverage html -q --keep-combined; \
 	echo "HTML: .coverage-html/index.html"; \
