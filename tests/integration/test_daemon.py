@@ -3,6 +3,7 @@ HashClient, and SQL writes behind the app's back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -375,8 +376,19 @@ def test_dsn_password_never_appears_in_logs_status_or_errors(
     )
     try:
         bad.start(wait=False)
-        time.sleep(1.5)
-        outputs.append(bad.get("/readyz")[1])
+        # Wait (bounded) for the failed connection to be reported, then read /readyz: a
+        # fixed sleep raced the daemon's start-up on a loaded machine.
+        deadline = time.monotonic() + 30
+        readyz: tuple[int, str] | None = None
+        while time.monotonic() < deadline:
+            if "source unavailable" in bad.log_path.read_text():
+                with contextlib.suppress(OSError):
+                    readyz = bad.get("/readyz")
+                if readyz is not None:
+                    break
+            time.sleep(0.05)
+        assert readyz is not None and readyz[0] == 503, bad.log_tail()
+        outputs.append(readyz[1])
     finally:
         bad.stop()
     outputs += [proc.log_path.read_text(), bad.log_path.read_text()]
