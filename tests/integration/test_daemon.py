@@ -13,7 +13,14 @@ import psycopg
 import pytest
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import ChurningWriter, NodeCopies, get_user, rewrite_users, wait_gone
+from tests.cache_aside import (
+    ChurningWriter,
+    NodeCopies,
+    get_user,
+    rewrite_users,
+    wait_gone,
+    wait_until,
+)
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
@@ -194,28 +201,46 @@ def test_repeated_sigkill_loses_no_invalidation(
 def test_quiet_watched_table_does_not_pin_wal_while_others_are_busy(
     daemon: DaemonProcess, users_db: PgDatabase
 ) -> None:
-    """With only an unwatched table changing, the slot's confirmed position keeps up."""
+    """With only an unwatched table changing, the slot's confirmed position moves: past the
+    first batch while the others are still being written, and to the end of the ~40 MB
+    once they stop - no watched change ever comes to move it.
+
+    How far behind it stays is a speed figure, printed here and measured under load by
+    bench/latency.py: it depends on how busy the machine is, so no test asserts it (it was
+    "< 4 MB behind at every sample"). The bounds below only say "it is not pinned"."""
     users_db.execute("CREATE TABLE noise (id serial PRIMARY KEY, payload text)")
     daemon.start()
     lags = []
+    passed_first_batch = False
+
+    def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], expr: str) -> int:
+        row = conn.execute(
+            f"SELECT pg_wal_lsn_diff({expr}, '0/0')::bigint FROM pg_replication_slots"
+            " WHERE slot_name = 'inval'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        first_batch_end = 0
         for _ in range(40):
             conn.execute(
                 "INSERT INTO noise (payload) SELECT repeat('x', 500) FROM generate_series(1, 2000)"
             )
+            first_batch_end = first_batch_end or slot_lsn(conn, "pg_current_wal_lsn()")
             time.sleep(0.1)
-            lag = conn.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
-                " FROM pg_replication_slots WHERE slot_name = 'inval'"
-            ).fetchone()
-            assert lag is not None
-            lags.append(int(lag[0]))
+            confirmed = slot_lsn(conn, "confirmed_flush_lsn")
+            passed_first_batch = passed_first_batch or confirmed >= first_batch_end
+            lags.append(slot_lsn(conn, "pg_current_wal_lsn()") - confirmed)
         generated = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
         ).fetchone()
+        end = slot_lsn(conn, "pg_current_wal_lsn()")
+        caught_up = wait_until(lambda: slot_lsn(conn, "confirmed_flush_lsn") >= end, timeout=60)
     assert generated is not None and generated[0] > 40 * 1_000_000
-    # Written: ~40 MB of WAL; behind the slot at any sample: less than two batches' worth.
-    assert max(lags[5:]) < 4_000_000, lags
+    print(f"\n[unwatched writes] slot lag while writing: max {max(lags[5:]) / 1e6:.1f} MB")
+    assert passed_first_batch, f"the slot never moved while others wrote; lags: {lags}"
+    assert caught_up, "the slot never reached the end of the unwatched writes"
 
 
 def test_metrics_and_health_move_while_streaming(
@@ -361,18 +386,43 @@ def test_check_online_reports_what_the_replica_identity_cannot_carry(
 
 
 def test_backlog_larger_than_a_read_batch_drains_without_stalling(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """20,000 changes queued while the daemon was down are all applied within seconds."""
+    """20,500 changes queued while the daemon was down are all applied: every key cached
+    before the last update leaves its owner (only), and the slot is confirmed to the end.
+
+    The question is "does it drain, or stall at a read batch's boundary", not "how fast":
+    the bound is a generous 60 s (it was 8 s, which a loaded 2-core machine can miss).
+    Drain speed is measured by bench/throughput.py."""
     daemon.start()
     daemon.terminate()
     for round_ in range(40):
         users_db.execute("UPDATE users SET name = %s", (f"round {round_}",))
     for i in range(1, 501):
         app.set(f"user:{i}", "cached")
+    absent = [f"user:{i}" for i in range(501, 521)]  # no such rows: nothing deletes them
+    copies.plant([*user_keys(range(1, 501)), *absent])
     users_db.execute("UPDATE users SET name = 'last'")
+    end = users_db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
     daemon.start()
-    assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=8) == []
+    assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=60) == []
+    assert wait_until(
+        lambda: (
+            users_db.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                " WHERE slot_name = 'inval'",
+                (end,),
+            )
+            == [(True,)]
+        ),
+        timeout=60,
+    )
+    copies.assert_exact(
+        user_keys(range(1, 501)),
+        absent,
+        timeout=60,
+        settle=lambda: copies.barrier("user:{}", range(1, 501), rewrite_users(users_db)),
+    )
 
 
 def test_setup_status_teardown_manage_the_slot(
