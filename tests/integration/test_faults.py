@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -113,17 +113,23 @@ def ids_on(app: HashClient, server: str, count: int, start: int = 1) -> list[int
     return found
 
 
-def cached_anywhere(nodes: dict[str, Client], keys: list[str]) -> list[str]:
-    """Keys still present on any reachable node (owner or not)."""
+def cached_anywhere(
+    nodes: dict[str, Client], keys: list[str], *, down: Collection[str] = ()
+) -> list[str]:
+    """Keys still present on any node (owner or not) but those the caller knows are
+    ``down``. A node that errs or hangs is no evidence that a key is gone: an error from a
+    node expected up fails the test instead of counting as "absent"."""
+    asked = {s: c for s, c in nodes.items() if s not in down}
+    assert asked, "no node left to ask"
 
-    def present(client: Client, key: str) -> bool:
+    def present(server: str, key: str) -> bool:
         try:
-            return client.get(key) is not None
-        except OSError:
-            client.close()
-            return False  # a stopped node serves nothing
+            return asked[server].get(key) is not None
+        except Exception as exc:
+            asked[server].close()
+            raise AssertionError(f"node {server} should be up but failed: {exc!r}") from exc
 
-    return [k for k in keys if any(present(c, k) for c in nodes.values())]
+    return [k for k in keys if any(present(s, k) for s in asked)]
 
 
 def gone_after(node: Client, key: str, timeout: float = 15.0) -> float | None:
@@ -249,10 +255,12 @@ def test_fallback_depth_removes_copies_written_while_the_owner_was_dead(
             for _ in range(4):  # fail, mark dead, then land on the next choice
                 app.set(f"user:{i}", b"old row")
         assert app.hasher.get_node(f"user:{ids[0]}") != dead.server
-        copies = cached_anywhere(nodes, [f"user:{i}" for i in ids])
+        copies = cached_anywhere(nodes, [f"user:{i}" for i in ids], down={dead.server})
         assert len(copies) == len(ids)
         users_db.execute("UPDATE users SET name = 'new' WHERE id = ANY(%s)", (ids,))
-        assert wait_until(lambda: cached_anywhere(nodes, [f"user:{i}" for i in ids]) == [])
+        assert wait_until(
+            lambda: cached_anywhere(nodes, [f"user:{i}" for i in ids], down={dead.server}) == []
+        )
     finally:
         memcached.nodes[2].ensure_running()
         app.close()
@@ -493,12 +501,7 @@ def test_unreachable_node_overflow_becomes_one_flush_and_holds_the_position(
         stuck.pause()
         users_db.execute("UPDATE users SET name = 'all'")  # ~6,700 deletes for the node
         end = users_db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
-        assert wait_until(
-            lambda: (
-                cached_anywhere({s: c for s, c in nodes.items() if s != stuck.server}, healthy_keys)
-                == []
-            )
-        )
+        assert wait_until(lambda: cached_anywhere(nodes, healthy_keys, down={stuck.server}) == [])
         assert wait_until(lambda: "operations replaced by flush_all" in proc.log_path.read_text())
         time.sleep(1.0)
         assert not confirmed_at_least(users_db, "faults", end)
