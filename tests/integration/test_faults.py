@@ -20,7 +20,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import app_client
+from tests.cache_aside import NodeCopies, app_client, rewrite_users
 from tests.cache_aside import wait_until as _wait_until
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedNode, MemcachedPool, PgDatabase, PostgresCluster
@@ -50,6 +50,13 @@ def app(memcached: MemcachedPool) -> Iterator[HashClient]:
     client = app_client(memcached.servers, timeout=0.5)
     yield client
     client.close()
+
+
+@pytest.fixture
+def copies(memcached: MemcachedPool) -> Iterator[NodeCopies]:
+    """Copies of keys on every node, to check each delete reached its owner only."""
+    with NodeCopies(memcached.servers) as planted:
+        yield planted
 
 
 @pytest.fixture
@@ -273,13 +280,18 @@ def test_postgres_restart_mid_stream_loses_nothing(
     pg_cluster: PostgresCluster,
     app: HashClient,
     nodes: dict[str, Client],
+    copies: NodeCopies,
 ) -> None:
     """PostgreSQL restarts while a 20,000-row transaction is being streamed: the daemon
-    reconnects with backoff, resumes from the slot, and every key is deleted."""
+    reconnects with backoff, resumes from the slot, and every key is deleted - on its
+    owner only (copies planted on every node), keys of absent rows kept."""
     daemon.start()
     keys = [f"user:{i}" for i in range(1, 20001, 97)]
     for key in keys:
         app.set(key, b"cached")
+    planted = [k for k in (f"user:{i}" for i in range(2, 20001, 101)) if k not in keys]
+    absent = [f"user:{i}" for i in range(20001, 20021)]
+    copies.plant([*planted, *absent])
     users_db.execute("UPDATE users SET name = 'big'")
     time.sleep(0.05)
     started = time.monotonic()
@@ -287,6 +299,12 @@ def test_postgres_restart_mid_stream_loses_nothing(
     restarted = time.monotonic() - started
     assert wait_until(lambda: cached_anywhere(nodes, keys) == [], timeout=30)
     daemon.wait_ready(30)
+    copies.assert_exact(
+        planted,
+        absent,
+        timeout=30,
+        settle=lambda: copies.barrier("user:{}", range(1, 200), rewrite_users(users_db)),
+    )
     after = f"user:{5}"
     app.set(after, b"cached")
     users_db.execute("UPDATE users SET name = 'after' WHERE id = 5")
@@ -295,14 +313,22 @@ def test_postgres_restart_mid_stream_loses_nothing(
 
 
 def test_replication_connection_dropped_mid_transaction(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, nodes: dict[str, Client]
+    daemon: DaemonProcess,
+    users_db: PgDatabase,
+    app: HashClient,
+    nodes: dict[str, Client],
+    copies: NodeCopies,
 ) -> None:
     """The walsender is terminated while a 20,000-row transaction streams: it is streamed
-    again from the slot and no key is left."""
+    again from the slot and no key is left; what is streamed twice is still deleted on
+    the owner only (copies planted on every node), keys of absent rows kept."""
     daemon.start()
     keys = [f"user:{i}" for i in range(3, 20001, 89)]
     for key in keys:
         app.set(key, b"cached")
+    planted = [k for k in (f"user:{i}" for i in range(4, 20001, 103)) if k not in keys]
+    absent = [f"user:{i}" for i in range(20001, 20021)]
+    copies.plant([*planted, *absent])
     users_db.execute("UPDATE users SET name = 'mid'")
     time.sleep(0.1)
     users_db.execute(
@@ -310,6 +336,12 @@ def test_replication_connection_dropped_mid_transaction(
         " WHERE slot_name = 'faults'"
     )
     assert wait_until(lambda: cached_anywhere(nodes, keys) == [], timeout=30)
+    copies.assert_exact(
+        planted,
+        absent,
+        timeout=30,
+        settle=lambda: copies.barrier("user:{}", range(1, 200), rewrite_users(users_db)),
+    )
 
 
 def test_second_replica_stands_by_and_takes_over(
