@@ -7,11 +7,12 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import psycopg
+from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
 from tests.services import PgDatabase
@@ -111,3 +112,145 @@ class ChurningWriter:
     ) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+def owner_of(servers: Sequence[str], key: str) -> str:
+    """The node pymemcache's own ``HashClient`` (rendezvous) sends ``key`` to: the apps'
+    choice, taken from the real library and never from the daemon's placement code."""
+    ring = HashClient(list(servers))  # only its hasher is asked; it never connects
+    try:
+        return str(ring.hasher.get_node(key))
+    finally:
+        ring.close()
+
+
+class NodeCopies:
+    """Precision as well as recall: a copy of each key on EVERY node, written and read
+    directly (one plain ``Client`` per node). After a change, a key it touched must be
+    gone from its owner (``owner_of``) and still on every other node; a key it did not
+    touch must still be everywhere. A daemon that sent a delete to every node, or to the
+    wrong one, fails; "the app no longer reads it" alone would not see that."""
+
+    def __init__(self, servers: Sequence[str], *, timeout: float = 2.0):
+        self.servers = list(servers)
+        self.clients = {
+            server: Client(
+                server,
+                no_delay=True,
+                connect_timeout=timeout,
+                timeout=timeout,
+                default_noreply=False,
+            )
+            for server in self.servers
+        }
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+    def owner(self, key: str) -> str:
+        return owner_of(self.servers, key)
+
+    def plant(self, keys: Iterable[str], value: bytes = b"cached") -> None:
+        """Put ``key`` on every node; a copy already there (the app's own) is kept."""
+        keys = list(keys)
+        for client in self.clients.values():
+            for key in keys:
+                client.add(key, value, noreply=False)
+        missing = {k: sorted(set(self.servers) - self.holders(k)) for k in keys}
+        missing = {k: nodes for k, nodes in missing.items() if nodes}
+        assert missing == {}, f"planted copies missing before the change: {missing}"
+
+    def holders(self, key: str) -> set[str]:
+        """The nodes holding ``key`` now; a node that errs fails the test."""
+        return {s for s, c in self.clients.items() if c.get(key) is not None}
+
+    def left_on_owner(self, keys: Iterable[str]) -> list[str]:
+        return [k for k in keys if self.clients[self.owner(k)].get(k) is not None]
+
+    def wait_gone_from_owners(self, keys: Iterable[str], timeout: float = 10.0) -> list[str]:
+        """Wait until no key is on its owner; the keys still there."""
+        left = list(keys)
+        end = time.monotonic() + timeout
+        while left and time.monotonic() < end:
+            left = self.left_on_owner(left)
+            if left:
+                time.sleep(0.005)
+        return left
+
+    def barrier(
+        self,
+        template: str,
+        candidates: Iterable[int],
+        touch: Callable[[list[int]], object],
+        timeout: float = 10.0,
+    ) -> None:
+        """Wait until every node has applied what the daemon sent it so far: per node, one
+        id whose ``template`` key that node owns is cached there, ``touch(ids)`` changes
+        those rows, and each key must go. Each node's deletes travel in order on one
+        connection, so a stray delete sent before (to a non-owner) has landed by then.
+        ``candidates`` must not include an id whose keys the caller expects to stay."""
+        chosen: dict[str, int] = {}
+        for i in candidates:
+            chosen.setdefault(self.owner(template.format(i)), i)
+        assert sorted(chosen) == sorted(self.servers), f"no barrier id for some node: {chosen}"
+        for server, i in chosen.items():
+            self.clients[server].set(template.format(i), b"barrier", noreply=False)
+        touch(sorted(chosen.values()))
+        keys = [template.format(i) for i in chosen.values()]
+        left = self.wait_gone_from_owners(keys, timeout)
+        assert left == [], f"barrier keys never deleted from their owner: {left}"
+
+    def misplaced(self, changed: Iterable[str], untouched: Iterable[str]) -> dict[str, str]:
+        """Keys whose copies are not where they should be, with what is wrong."""
+        wrong: dict[str, str] = {}
+        everywhere = set(self.servers)
+        for key in changed:
+            owner = self.owner(key)
+            held = self.holders(key)
+            if held != everywhere - {owner}:
+                wrong[key] = f"changed, owner {owner}: on {sorted(held)}"
+        for key in untouched:
+            held = self.holders(key)
+            if held != everywhere:
+                wrong[key] = f"untouched: only on {sorted(held)}"
+        return wrong
+
+    def assert_exact(
+        self,
+        changed: Sequence[str],
+        untouched: Sequence[str],
+        *,
+        timeout: float = 10.0,
+        settle: Callable[[], None] | None = None,
+    ) -> None:
+        """Each changed key gone from its owner and nowhere else; untouched keys kept.
+        ``settle`` (usually a ``barrier``) runs between the two checks."""
+        assert changed, "nothing changed: the check could not fail"
+        left = self.wait_gone_from_owners(changed, timeout)
+        assert left == [], f"still on their owner: {left}"
+        if settle is not None:
+            settle()
+        wrong = self.misplaced(changed, untouched)
+        assert wrong == {}, f"copies not where pymemcache's ring says: {wrong}"
+
+
+def rewrite_users(db: PgDatabase) -> Callable[[list[int]], object]:
+    """``touch`` for ``NodeCopies.barrier`` on the ``users`` table: a no-op UPDATE of the
+    rows, which still streams one change per row."""
+
+    def touch(ids: list[int]) -> object:
+        return db.execute("UPDATE users SET name = name WHERE id = ANY(%s)", (ids,))
+
+    return touch

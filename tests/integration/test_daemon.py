@@ -14,11 +14,30 @@ import psycopg
 import pytest
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import ChurningWriter, get_user, wait_gone
+from tests.cache_aside import (
+    ChurningWriter,
+    NodeCopies,
+    get_user,
+    rewrite_users,
+    wait_gone,
+    wait_until,
+)
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
 USER_RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
+
+
+def user_keys(ids: list[int] | range) -> list[str]:
+    """Both keys of each row (its email as the fixture wrote it)."""
+    return [k for i in ids for k in (f"user:{i}", f"user_by_email:u{i}@example.com")]
+
+
+@pytest.fixture
+def copies(memcached: MemcachedPool) -> Iterator[NodeCopies]:
+    """Copies of keys on every node, to check each delete reached its owner only."""
+    with NodeCopies(memcached.servers) as nodes:
+        yield nodes
 
 
 @pytest.fixture
@@ -33,63 +52,99 @@ def daemon(
 
 
 def test_update_behind_the_apps_back_invalidates_and_app_reads_new_row(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """The app caches user:7; a plain SQL UPDATE removes it; the app then reads the new row."""
+    """The app caches user:7; a plain SQL UPDATE removes it; the app then reads the new row.
+    Copies on every node: the row's keys leave their owner only; rows 6 and 8 keep theirs."""
     daemon.start()
     assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "user 7"}
+    copies.plant(user_keys([6, 7, 8]))
     users_db.execute("UPDATE users SET name = 'renamed' WHERE id = 7")
     assert wait_gone(app, ["user:7"]) == []
+    copies.assert_exact(
+        user_keys([7]),
+        user_keys([6, 8]),
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
     assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "renamed"}
 
 
 def test_email_change_removes_old_and_new_email_keys(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """With REPLICA IDENTITY FULL the old email key goes too."""
+    """With REPLICA IDENTITY FULL the old email key goes too; each from its owner only."""
     daemon.start()
-    for key in ("user:8", "user_by_email:u8@example.com", "user_by_email:new8@example.com"):
+    changed = ["user:8", "user_by_email:u8@example.com", "user_by_email:new8@example.com"]
+    for key in changed:
         app.set(key, "cached")
+    copies.plant([*changed, *user_keys([9])])
     users_db.execute("UPDATE users SET email = 'new8@example.com' WHERE id = 8")
     assert (
         wait_gone(app, ["user:8", "user_by_email:u8@example.com", "user_by_email:new8@example.com"])
         == []
     )
+    copies.assert_exact(
+        changed,
+        user_keys([9]),
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
 
 
-def test_delete_invalidates(daemon: DaemonProcess, users_db: PgDatabase, app: HashClient) -> None:
-    """A DELETE removes the row's keys; the app then sees no user."""
+def test_delete_invalidates(
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
+) -> None:
+    """A DELETE removes the row's keys (from their owner only); the app then sees no user."""
     daemon.start()
     get_user(app, users_db, 9)
+    copies.plant(user_keys([8, 9, 10]))
     users_db.execute("DELETE FROM users WHERE id = 9")
     assert wait_gone(app, ["user:9", "user_by_email:u9@example.com"]) == []
+    copies.assert_exact(
+        user_keys([9]),
+        user_keys([8, 10]),
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
     assert get_user(app, users_db, 9) is None
 
 
 def test_hundreds_of_changes_each_invalidated(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """300 single-row updates: every cached key is gone afterwards."""
+    """300 single-row updates: every cached key is gone afterwards, from its owner only;
+    the other 200 rows' keys stay on every node."""
     daemon.start()
     ids = random.Random(3).sample(range(1, 501), 300)
+    others = sorted(set(range(1, 501)) - set(ids))
     for i in ids:
         app.set(f"user:{i}", "cached")
+    copies.plant(user_keys(range(1, 501)))
     with psycopg.connect(users_db.dsn, autocommit=True) as conn:
         for i in ids:
             conn.execute("UPDATE users SET name = name || '!' WHERE id = %s", (i,))
     assert wait_gone(app, [f"user:{i}" for i in ids]) == []
+    copies.assert_exact(
+        user_keys(ids),
+        user_keys(others),
+        settle=lambda: copies.barrier("user:{}", ids, rewrite_users(users_db)),
+    )
 
 
 def test_changes_made_while_the_daemon_is_down_are_invalidated_on_start(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """The slot keeps what happened while nobody streamed."""
+    """The slot keeps what happened while nobody streamed (deleted from owners only)."""
     daemon.start()
     daemon.terminate()
     app.set("user:11", "cached")
+    copies.plant(user_keys([10, 11, 12]))
     users_db.execute("UPDATE users SET name = 'offline edit' WHERE id = 11")
     daemon.start()
     assert wait_gone(app, ["user:11"]) == []
+    copies.assert_exact(
+        user_keys([11]),
+        user_keys([10, 12]),
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
 
 
 def test_sigterm_confirms_applied_work_and_exits_zero(
@@ -113,11 +168,18 @@ def test_sigterm_confirms_applied_work_and_exits_zero(
 
 
 def test_repeated_sigkill_loses_no_invalidation(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, memcached: MemcachedPool
+    daemon: DaemonProcess,
+    users_db: PgDatabase,
+    app: HashClient,
+    memcached: MemcachedPool,
+    copies: NodeCopies,
 ) -> None:
     """SIGKILL the daemon 6 times while rows change; after catch-up no changed row's key
     is still cached. Each update is preceded by caching its key, so a key left means an
-    invalidation was lost."""
+    invalidation was lost. Copies of every row's user key on every node: replays after
+    each kill still delete on the owner only; keys of rows that do not exist stay."""
+    absent = [f"user:{i}" for i in range(501, 521)]
+    copies.plant([*(f"user:{i}" for i in range(1, 501)), *absent])
     daemon.start()
     with ChurningWriter(memcached.servers, users_db.dsn, seed=7, sizes=[1, 1, 1, 5, 20]) as writer:
         for _ in range(6):
@@ -128,33 +190,58 @@ def test_repeated_sigkill_loses_no_invalidation(
     assert writer.errors == []
     left = wait_gone(app, [f"user:{i}" for i in sorted(writer.updated)], timeout=20)
     assert (len(writer.updated) > 100, left) == (True, [])
+    updated = sorted(writer.updated)
+    copies.assert_exact(
+        [f"user:{i}" for i in updated],
+        [*(f"user:{i}" for i in range(1, 501) if i not in writer.updated), *absent],
+        timeout=20,
+        settle=lambda: copies.barrier("user:{}", updated, rewrite_users(users_db)),
+    )
 
 
 def test_quiet_watched_table_does_not_pin_wal_while_others_are_busy(
     daemon: DaemonProcess, users_db: PgDatabase
 ) -> None:
-    """With only an unwatched table changing, the slot's confirmed position keeps up."""
+    """With only an unwatched table changing, the slot's confirmed position moves: past the
+    first batch while the others are still being written, and to the end of the ~40 MB
+    once they stop - no watched change ever comes to move it.
+
+    How far behind it stays is a speed figure, printed here and measured under load by
+    bench/latency.py: it depends on how busy the machine is, so no test asserts it (it was
+    "< 4 MB behind at every sample"). The bounds below only say "it is not pinned"."""
     users_db.execute("CREATE TABLE noise (id serial PRIMARY KEY, payload text)")
     daemon.start()
     lags = []
+    passed_first_batch = False
+
+    def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], expr: str) -> int:
+        row = conn.execute(
+            f"SELECT pg_wal_lsn_diff({expr}, '0/0')::bigint FROM pg_replication_slots"
+            " WHERE slot_name = 'inval'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
     with psycopg.connect(users_db.dsn, autocommit=True) as conn:
+        first_batch_end = 0
         for _ in range(40):
             conn.execute(
                 "INSERT INTO noise (payload) SELECT repeat('x', 500) FROM generate_series(1, 2000)"
             )
+            first_batch_end = first_batch_end or slot_lsn(conn, "pg_current_wal_lsn()")
             time.sleep(0.1)
-            lag = conn.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
-                " FROM pg_replication_slots WHERE slot_name = 'inval'"
-            ).fetchone()
-            assert lag is not None
-            lags.append(int(lag[0]))
+            confirmed = slot_lsn(conn, "confirmed_flush_lsn")
+            passed_first_batch = passed_first_batch or confirmed >= first_batch_end
+            lags.append(slot_lsn(conn, "pg_current_wal_lsn()") - confirmed)
         generated = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"
         ).fetchone()
+        end = slot_lsn(conn, "pg_current_wal_lsn()")
+        caught_up = wait_until(lambda: slot_lsn(conn, "confirmed_flush_lsn") >= end, timeout=60)
     assert generated is not None and generated[0] > 40 * 1_000_000
-    # Written: ~40 MB of WAL; behind the slot at any sample: less than two batches' worth.
-    assert max(lags[5:]) < 4_000_000, lags
+    print(f"\n[unwatched writes] slot lag while writing: max {max(lags[5:]) / 1e6:.1f} MB")
+    assert passed_first_batch, f"the slot never moved while others wrote; lags: {lags}"
+    assert caught_up, "the slot never reached the end of the unwatched writes"
 
 
 def test_metrics_and_health_move_while_streaming(
@@ -215,13 +302,15 @@ def test_rule_on_partitioned_table_matches_partitions_even_new_ones(
 
 
 def test_dropped_replication_connection_resumes_without_loss(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """The walsender is terminated mid-stream: the daemon reconnects and nothing is lost."""
+    """The walsender is terminated mid-stream: the daemon reconnects and nothing is lost;
+    what it streams again is still deleted on the owner only."""
     daemon.start()
     ids = list(range(100, 200))
     for i in ids:
         app.set(f"user:{i}", "cached")
+    copies.plant(user_keys(range(100, 250)))
     with psycopg.connect(users_db.dsn, autocommit=True) as conn:
         for i in ids:
             conn.execute("UPDATE users SET name = 'y' WHERE id = %s", (i,))
@@ -232,6 +321,12 @@ def test_dropped_replication_connection_resumes_without_loss(
                 )
     assert wait_gone(app, [f"user:{i}" for i in ids], timeout=20) == []
     daemon.wait_ready()
+    copies.assert_exact(
+        user_keys(ids),
+        user_keys(range(200, 250)),
+        timeout=20,
+        settle=lambda: copies.barrier("user:{}", ids, rewrite_users(users_db)),
+    )
 
 
 def test_check_online_reports_what_the_replica_identity_cannot_carry(
@@ -292,18 +387,43 @@ def test_check_online_reports_what_the_replica_identity_cannot_carry(
 
 
 def test_backlog_larger_than_a_read_batch_drains_without_stalling(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """20,000 changes queued while the daemon was down are all applied within seconds."""
+    """20,500 changes queued while the daemon was down are all applied: every key cached
+    before the last update leaves its owner (only), and the slot is confirmed to the end.
+
+    The question is "does it drain, or stall at a read batch's boundary", not "how fast":
+    the bound is a generous 60 s (it was 8 s, which a loaded 2-core machine can miss).
+    Drain speed is measured by bench/throughput.py."""
     daemon.start()
     daemon.terminate()
     for round_ in range(40):
         users_db.execute("UPDATE users SET name = %s", (f"round {round_}",))
     for i in range(1, 501):
         app.set(f"user:{i}", "cached")
+    absent = [f"user:{i}" for i in range(501, 521)]  # no such rows: nothing deletes them
+    copies.plant([*user_keys(range(1, 501)), *absent])
     users_db.execute("UPDATE users SET name = 'last'")
+    end = users_db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
     daemon.start()
-    assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=8) == []
+    assert wait_gone(app, [f"user:{i}" for i in range(1, 501)], timeout=60) == []
+    assert wait_until(
+        lambda: (
+            users_db.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                " WHERE slot_name = 'inval'",
+                (end,),
+            )
+            == [(True,)]
+        ),
+        timeout=60,
+    )
+    copies.assert_exact(
+        user_keys(range(1, 501)),
+        absent,
+        timeout=60,
+        settle=lambda: copies.barrier("user:{}", range(1, 501), rewrite_users(users_db)),
+    )
 
 
 def test_setup_status_teardown_manage_the_slot(

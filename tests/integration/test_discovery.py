@@ -14,6 +14,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import owner_of
 from tests.cache_aside import wait_until as _wait_until
 from tests.daemon_process import DaemonProcess
 from tests.dns_server import SRV_NAME, DnsServer
@@ -74,6 +75,22 @@ def app_for(records: list[tuple[str, int]]) -> HashClient:
     )
 
 
+def cached_on(pool: MemcachedPool, records: list[tuple[str, int]], keys: list[str]) -> list[str]:
+    """The keys an app on ``records`` left on the node pymemcache's own HashClient owns for
+    them (each record's name mapped to its node), read there directly; the others missing."""
+    by_name = {f"memcached-{i}.{DOMAIN}:{n.port}": n.server for i, n in enumerate(pool.nodes)}
+    found = []
+    for key in keys:
+        owner = by_name[owner_of([f"{t}:{p}" for t, p in records], key)]
+        client = Client(owner, no_delay=True, connect_timeout=1, timeout=1)
+        try:
+            if client.get(key) is not None:
+                found.append(key)
+        finally:
+            client.close()
+    return found
+
+
 def cached_anywhere(pool: MemcachedPool, keys: list[str]) -> list[str]:
     left = set()
     for node in pool.nodes:
@@ -126,6 +143,11 @@ def test_scaling_3_to_4_to_2_during_a_stream_leaves_no_stale_key(
         finally:
             old_app.close()
             new_app.close()
+        # The apps ignore errors: check each copy is really where each app's ring put it,
+        # or "gone afterwards" below would hold for keys that were never cached.
+        keys = [f"user:{i}" for i in ids]
+        assert cached_on(four_nodes, old_ring, keys) == keys, "old ring's copies missing"
+        assert cached_on(four_nodes, new_ring, keys) == keys, "new ring's copies missing"
         with psycopg.connect(pg_db.dsn, autocommit=True) as conn:
             conn.execute("UPDATE users SET name = md5(name) WHERE id = ANY(%s)", (list(ids),))
         keys_changed.extend(f"user:{i}" for i in ids)

@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import app_client
+from tests.cache_aside import NodeCopies, app_client, rewrite_users
 from tests.cache_aside import wait_until as _wait_until
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedNode, MemcachedPool, PgDatabase, PostgresCluster
@@ -50,6 +50,13 @@ def app(memcached: MemcachedPool) -> Iterator[HashClient]:
     client = app_client(memcached.servers, timeout=0.5)
     yield client
     client.close()
+
+
+@pytest.fixture
+def copies(memcached: MemcachedPool) -> Iterator[NodeCopies]:
+    """Copies of keys on every node, to check each delete reached its owner only."""
+    with NodeCopies(memcached.servers) as planted:
+        yield planted
 
 
 @pytest.fixture
@@ -113,17 +120,23 @@ def ids_on(app: HashClient, server: str, count: int, start: int = 1) -> list[int
     return found
 
 
-def cached_anywhere(nodes: dict[str, Client], keys: list[str]) -> list[str]:
-    """Keys still present on any reachable node (owner or not)."""
+def cached_anywhere(
+    nodes: dict[str, Client], keys: list[str], *, down: Collection[str] = ()
+) -> list[str]:
+    """Keys still present on any node (owner or not) but those the caller knows are
+    ``down``. A node that errs or hangs is no evidence that a key is gone: an error from a
+    node expected up fails the test instead of counting as "absent"."""
+    asked = {s: c for s, c in nodes.items() if s not in down}
+    assert asked, "no node left to ask"
 
-    def present(client: Client, key: str) -> bool:
+    def present(server: str, key: str) -> bool:
         try:
-            return client.get(key) is not None
-        except OSError:
-            client.close()
-            return False  # a stopped node serves nothing
+            return asked[server].get(key) is not None
+        except Exception as exc:
+            asked[server].close()
+            raise AssertionError(f"node {server} should be up but failed: {exc!r}") from exc
 
-    return [k for k in keys if any(present(c, k) for c in nodes.values())]
+    return [k for k in keys if any(present(s, k) for s in asked)]
 
 
 def gone_after(node: Client, key: str, timeout: float = 15.0) -> float | None:
@@ -249,10 +262,12 @@ def test_fallback_depth_removes_copies_written_while_the_owner_was_dead(
             for _ in range(4):  # fail, mark dead, then land on the next choice
                 app.set(f"user:{i}", b"old row")
         assert app.hasher.get_node(f"user:{ids[0]}") != dead.server
-        copies = cached_anywhere(nodes, [f"user:{i}" for i in ids])
+        copies = cached_anywhere(nodes, [f"user:{i}" for i in ids], down={dead.server})
         assert len(copies) == len(ids)
         users_db.execute("UPDATE users SET name = 'new' WHERE id = ANY(%s)", (ids,))
-        assert wait_until(lambda: cached_anywhere(nodes, [f"user:{i}" for i in ids]) == [])
+        assert wait_until(
+            lambda: cached_anywhere(nodes, [f"user:{i}" for i in ids], down={dead.server}) == []
+        )
     finally:
         memcached.nodes[2].ensure_running()
         app.close()
@@ -265,13 +280,18 @@ def test_postgres_restart_mid_stream_loses_nothing(
     pg_cluster: PostgresCluster,
     app: HashClient,
     nodes: dict[str, Client],
+    copies: NodeCopies,
 ) -> None:
     """PostgreSQL restarts while a 20,000-row transaction is being streamed: the daemon
-    reconnects with backoff, resumes from the slot, and every key is deleted."""
+    reconnects with backoff, resumes from the slot, and every key is deleted - on its
+    owner only (copies planted on every node), keys of absent rows kept."""
     daemon.start()
     keys = [f"user:{i}" for i in range(1, 20001, 97)]
     for key in keys:
         app.set(key, b"cached")
+    planted = [k for k in (f"user:{i}" for i in range(2, 20001, 101)) if k not in keys]
+    absent = [f"user:{i}" for i in range(20001, 20021)]
+    copies.plant([*planted, *absent])
     users_db.execute("UPDATE users SET name = 'big'")
     time.sleep(0.05)
     started = time.monotonic()
@@ -279,6 +299,12 @@ def test_postgres_restart_mid_stream_loses_nothing(
     restarted = time.monotonic() - started
     assert wait_until(lambda: cached_anywhere(nodes, keys) == [], timeout=30)
     daemon.wait_ready(30)
+    copies.assert_exact(
+        planted,
+        absent,
+        timeout=30,
+        settle=lambda: copies.barrier("user:{}", range(1, 200), rewrite_users(users_db)),
+    )
     after = f"user:{5}"
     app.set(after, b"cached")
     users_db.execute("UPDATE users SET name = 'after' WHERE id = 5")
@@ -287,14 +313,22 @@ def test_postgres_restart_mid_stream_loses_nothing(
 
 
 def test_replication_connection_dropped_mid_transaction(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, nodes: dict[str, Client]
+    daemon: DaemonProcess,
+    users_db: PgDatabase,
+    app: HashClient,
+    nodes: dict[str, Client],
+    copies: NodeCopies,
 ) -> None:
     """The walsender is terminated while a 20,000-row transaction streams: it is streamed
-    again from the slot and no key is left."""
+    again from the slot and no key is left; what is streamed twice is still deleted on
+    the owner only (copies planted on every node), keys of absent rows kept."""
     daemon.start()
     keys = [f"user:{i}" for i in range(3, 20001, 89)]
     for key in keys:
         app.set(key, b"cached")
+    planted = [k for k in (f"user:{i}" for i in range(4, 20001, 103)) if k not in keys]
+    absent = [f"user:{i}" for i in range(20001, 20021)]
+    copies.plant([*planted, *absent])
     users_db.execute("UPDATE users SET name = 'mid'")
     time.sleep(0.1)
     users_db.execute(
@@ -302,6 +336,12 @@ def test_replication_connection_dropped_mid_transaction(
         " WHERE slot_name = 'faults'"
     )
     assert wait_until(lambda: cached_anywhere(nodes, keys) == [], timeout=30)
+    copies.assert_exact(
+        planted,
+        absent,
+        timeout=30,
+        settle=lambda: copies.barrier("user:{}", range(1, 200), rewrite_users(users_db)),
+    )
 
 
 def test_second_replica_stands_by_and_takes_over(
@@ -493,12 +533,7 @@ def test_unreachable_node_overflow_becomes_one_flush_and_holds_the_position(
         stuck.pause()
         users_db.execute("UPDATE users SET name = 'all'")  # ~6,700 deletes for the node
         end = users_db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
-        assert wait_until(
-            lambda: (
-                cached_anywhere({s: c for s, c in nodes.items() if s != stuck.server}, healthy_keys)
-                == []
-            )
-        )
+        assert wait_until(lambda: cached_anywhere(nodes, healthy_keys, down={stuck.server}) == [])
         assert wait_until(lambda: "operations replaced by flush_all" in proc.log_path.read_text())
         time.sleep(1.0)
         assert not confirmed_at_least(users_db, "faults", end)

@@ -14,6 +14,7 @@ from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
 from invalidator.config import load_yaml
+from tests.cache_aside import NodeCopies, owner_of
 from tests.services import MemcachedPool, free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -47,10 +48,23 @@ def nodes(memcached: MemcachedPool) -> Iterator[dict[str, Client]]:
         client.close()
 
 
+BASIC_USERS_KEYS = {
+    "user:1",
+    "user:2",
+    "user:3",
+    "user_by_email:alice@example.com",
+    "user_by_email:bob@example.com",
+    "user_by_email:carol@example.com",
+    "user_by_email:robert@example.com",
+}  # what basic_users.jsonl's rows make with rules.yaml (bob became robert)
+
+
 def test_apply_removes_exactly_the_planned_keys(
     tmp_path: Path, memcached: MemcachedPool, app: HashClient
 ) -> None:
-    """Planned keys vanish for the app; unrelated keys stay."""
+    """Planned keys - the fixture's, not merely whatever replay planned - vanish for the
+    app; unrelated keys stay. With copies on every node: each planned key leaves its owner
+    (per pymemcache's HashClient) only."""
     config = write_config(tmp_path, memcached.servers)
     planned = {
         json.loads(line)["key"]
@@ -58,21 +72,26 @@ def test_apply_removes_exactly_the_planned_keys(
             config, str(FIXTURES / "basic_users.jsonl"), apply=False
         ).stdout.splitlines()
     }
+    assert planned == BASIC_USERS_KEYS
     unrelated = [f"user:{i}" for i in range(100, 150)] + ["user_by_email:zed@example.com"]
     for key in sorted(planned) + unrelated:
         app.set(key, b"cached", noreply=False)
 
-    result = run_replay(config, str(FIXTURES / "basic_users.jsonl"))
+    with NodeCopies(memcached.servers) as copies:
+        copies.plant(sorted(planned) + unrelated)
+        result = run_replay(config, str(FIXTURES / "basic_users.jsonl"))
 
-    assert result.returncode == 0, result.stderr
-    assert {k for k in planned if app.get(k) is not None} == set()
-    assert [k for k in unrelated if app.get(k) != b"cached"] == []
+        assert result.returncode == 0, result.stderr
+        assert {k for k in planned if app.get(k) is not None} == set()
+        assert [k for k in unrelated if app.get(k) != b"cached"] == []
+        assert copies.misplaced(sorted(planned), unrelated) == {}
 
 
 def test_apply_deletes_on_the_owning_node_only(
     tmp_path: Path, memcached: MemcachedPool, nodes: dict[str, Client]
 ) -> None:
-    """A copy of a key on a node that does not own it is left alone: placement is exact."""
+    """A copy of a key on a node that does not own it is left alone: placement is exact.
+    The owner is pymemcache's HashClient's choice; replay's planned node must equal it."""
     config = write_config(tmp_path, memcached.servers)
     records = [
         json.loads(line)
@@ -80,6 +99,10 @@ def test_apply_deletes_on_the_owning_node_only(
             config, str(FIXTURES / "replica_identity.jsonl"), apply=False
         ).stdout.splitlines()
     ]
+    assert len(records) > 10
+    owners = {r["key"]: owner_of(memcached.servers, r["key"]) for r in records}
+    assert [r for r in records if r["node"] != owners[r["key"]]] == []
+    assert len(set(owners.values())) > 1  # keys on several nodes: wrong ones are seen
     for record in records:
         for client in nodes.values():
             client.set(record["key"], b"v", noreply=False)
@@ -88,7 +111,7 @@ def test_apply_deletes_on_the_owning_node_only(
 
     for record in records:
         present = {server for server, c in nodes.items() if c.get(record["key"]) is not None}
-        assert present == set(memcached.servers) - {record["node"]}, record["key"]
+        assert present == set(memcached.servers) - {owners[record["key"]]}, record["key"]
 
 
 def test_apply_handles_a_thousand_row_transaction(
@@ -117,12 +140,15 @@ def test_unreachable_node_fails_loudly_and_spares_the_others(
             config, str(FIXTURES / "bulk.jsonl"), apply=False
         ).stdout.splitlines()
     ]
-    live = [r for r in records if r["node"] != dead]
-    for r in live:
-        nodes[r["node"]].set(r["key"], b"x", noreply=False)
+    owners = {r["key"]: owner_of(servers, r["key"]) for r in records}
+    assert [r for r in records if r["node"] != owners[r["key"]]] == []
+    assert dead in owners.values()
+    live = [r["key"] for r in records if owners[r["key"]] != dead]
+    for key in live:
+        nodes[owners[key]].set(key, b"x", noreply=False)
 
     result = run_replay(config, str(FIXTURES / "bulk.jsonl"))
 
     assert result.returncode == 1
     assert f"replay: memcached node {dead}: cannot connect" in result.stderr
-    assert live and [r["key"] for r in live if nodes[r["node"]].get(r["key"]) is not None] == []
+    assert live and [k for k in live if nodes[owners[k]].get(k) is not None] == []

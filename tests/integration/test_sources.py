@@ -15,7 +15,7 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import ChurningWriter, get_user
+from tests.cache_aside import ChurningWriter, NodeCopies, get_user, rewrite_users
 from tests.cache_aside import wait_gone as _wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
@@ -33,6 +33,13 @@ def source(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def copies(memcached: MemcachedPool) -> Iterator[NodeCopies]:
+    """Copies of keys on every node, to check each delete reached its owner only."""
+    with NodeCopies(memcached.servers) as nodes:
+        yield nodes
+
+
+@pytest.fixture
 def daemon(
     tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, source: str
 ) -> Iterator[DaemonProcess]:
@@ -44,44 +51,80 @@ def daemon(
 
 
 def test_cache_aside_update_and_delete_behind_the_apps_back(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
     """The app caches; SQL changes the row; the key is gone and the app reads the new row;
-    a changed email removes the old and new email keys; a DELETE removes the user."""
+    a changed email removes the old and new email keys; a DELETE removes the user. With
+    copies on every node: each key leaves its owner only, and other rows' keys stay."""
     daemon.start()
     get_user(app, users_db, 7)
+    neighbours = ["user:6", "user_by_email:u6@example.com", "user:10"]
+    copies.plant(["user:7", "user_by_email:u7@example.com", *neighbours])
     users_db.execute("UPDATE users SET name = 'renamed' WHERE id = 7")
     assert wait_gone(app, ["user:7"]) == []
+    copies.assert_exact(
+        ["user:7", "user_by_email:u7@example.com"],
+        neighbours,
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
     assert get_user(app, users_db, 7) == {"id": 7, "email": "u7@example.com", "name": "renamed"}
     for key in ("user_by_email:u8@example.com", "user_by_email:n8@example.com", "user:9"):
         app.set(key, "cached")
+    changed = [
+        "user:8",
+        "user_by_email:u8@example.com",
+        "user_by_email:n8@example.com",
+        "user:9",
+        "user_by_email:u9@example.com",
+    ]
+    copies.plant([*changed, *neighbours])
     users_db.execute("UPDATE users SET email = 'n8@example.com' WHERE id = 8")
     users_db.execute("DELETE FROM users WHERE id = 9")
     assert (
         wait_gone(app, ["user_by_email:u8@example.com", "user_by_email:n8@example.com", "user:9"])
         == []
     )
+    copies.assert_exact(
+        changed,
+        neighbours,
+        settle=lambda: copies.barrier("user:{}", range(400, 501), rewrite_users(users_db)),
+    )
 
 
 def test_changes_while_the_daemon_is_down_are_invalidated_when_it_returns(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, copies: NodeCopies
 ) -> None:
-    """Stopped daemon: 200 changes accumulate (slot or outbox) and are applied on start."""
+    """Stopped daemon: 200 changes accumulate (slot or outbox) and are applied on start,
+    each on its key's owner only (rows 201-250 keep their copies everywhere)."""
     daemon.start()
     daemon.terminate()
     for i in range(1, 201):
         app.set(f"user:{i}", "cached")
+    copies.plant(f"user:{i}" for i in range(1, 251))
     with psycopg.connect(users_db.dsn, autocommit=True) as conn:
         for i in range(1, 201):
             conn.execute("UPDATE users SET name = 'offline' WHERE id = %s", (i,))
     daemon.start()
     assert wait_gone(app, [f"user:{i}" for i in range(1, 201)]) == []
+    copies.assert_exact(
+        [f"user:{i}" for i in range(1, 201)],
+        [f"user:{i}" for i in range(201, 251)],
+        settle=lambda: copies.barrier("user:{}", range(1, 201), rewrite_users(users_db)),
+    )
 
 
 def test_repeated_sigkill_loses_no_invalidation(
-    daemon: DaemonProcess, users_db: PgDatabase, app: HashClient, memcached: MemcachedPool
+    daemon: DaemonProcess,
+    users_db: PgDatabase,
+    app: HashClient,
+    memcached: MemcachedPool,
+    copies: NodeCopies,
 ) -> None:
-    """SIGKILL 5 times while rows change; after catch-up no changed row's key is cached."""
+    """SIGKILL 5 times while rows change; after catch-up no changed row's key is cached.
+    Copies of every row's user key on every node: deletes (and their replays) reach the
+    owner only; keys of rows that do not exist stay."""
+    absent = [f"user:{i}" for i in range(501, 521)]
+    copies.plant([*(f"user:{i}" for i in range(1, 501)), *absent])
     daemon.start()
     with ChurningWriter(memcached.servers, users_db.dsn, seed=11, sizes=[1, 1, 5, 20]) as writer:
         for _ in range(5):
@@ -95,6 +138,13 @@ def test_repeated_sigkill_loses_no_invalidation(
     ) == (
         True,
         [],
+    )
+    updated = sorted(writer.updated)
+    copies.assert_exact(
+        [f"user:{i}" for i in updated],
+        [*(f"user:{i}" for i in range(1, 501) if i not in writer.updated), *absent],
+        timeout=20,
+        settle=lambda: copies.barrier("user:{}", updated, rewrite_users(users_db)),
     )
 
 
