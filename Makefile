@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit integration faults coverage lint typecheck fixtures bench demo system-deps venv clean
+.PHONY: test unit integration faults coverage lint typecheck fixtures bench bench-compare demo system-deps venv clean
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
@@ -68,6 +68,12 @@ fixtures: system-deps venv
 
 bench: system-deps venv
 	$(PY) bench/report.py $(BENCH_ARGS)
+
+# An old commit vs this working tree, side by side in one run on this machine:
+# `make bench-compare BASE=<rev>`, COMPARE_ARGS=--quick for a smoke run.
+BASE ?= 721c105
+bench-compare: system-deps venv
+	$(PY) bench/compare.py --base $(BASE) $(COMPARE_ARGS)
 
 demo: system-deps venv
 	$(PY) scripts/demo.py
