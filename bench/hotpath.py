@@ -38,7 +38,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,18 +279,8 @@ def plain_case(n: int, repeat: int) -> dict[str, Any]:
     engines: dict[str, Engine] = {"C": c_engine(s), "plan()": plan_engine(s)}
     expected = joined(engines["plan()"](data))
     same = {name: joined(engine(data)) == expected for name, engine in engines.items()}
-    timings = rounds({name: _bind(engine, data) for name, engine in engines.items()}, repeat)
-    return {
-        "case": "plain",
-        "what": "UPDATE, REPLICA IDENTITY FULL, 2 keys, 3 nodes (the C decoder consumes all)",
-        "changes": n,
-        "us": timings.us(n),
-        "wall_us": timings.us(n, wall=True),
-        "cpu_seconds": timings.cpu,
-        "wall_seconds": timings.wall,
-        "same_as_plan": same,
-        "c_declined": 0,
-    }
+    what = "UPDATE, REPLICA IDENTITY FULL, 2 keys, 3 nodes (the C decoder consumes all)"
+    return measured("plain", what, engines, data, repeat, same, 0)
 
 
 def declined_case(case: Case, n: int, repeat: int) -> dict[str, Any]:
@@ -302,11 +292,24 @@ def declined_case(case: Case, n: int, repeat: int) -> dict[str, Any]:
         "C": c_declines,
         "plan()": plan_engine(s),
     }
-    same: dict[str, bool] = {}
-    timings = rounds({name: _bind(engine, data) for name, engine in engines.items()}, repeat)
+    return measured(case.name, case.what, engines, data, repeat, {}, declined)
+
+
+def measured(
+    name: str,
+    what: str,
+    engines: Mapping[str, Callable[[list[bytes]], object]],
+    data: list[bytes],
+    repeat: int,
+    same: dict[str, bool],
+    declined: int,
+) -> dict[str, Any]:
+    """Time every engine over ``data`` in interleaved rounds; one result row."""
+    n = len(data)
+    timings = rounds({label: _bind(engine, data) for label, engine in engines.items()}, repeat)
     return {
-        "case": case.name,
-        "what": case.what,
+        "case": name,
+        "what": what,
         "changes": n,
         "us": timings.us(n),
         "wall_us": timings.us(n, wall=True),

@@ -254,3 +254,28 @@ def rewrite_users(db: PgDatabase) -> Callable[[list[int]], object]:
         return db.execute("UPDATE users SET name = name WHERE id = ANY(%s)", (ids,))
 
     return touch
+
+
+def assert_churn_invalidated(
+    copies: NodeCopies,
+    app: HashClient,
+    writer: ChurningWriter,
+    db: PgDatabase,
+    absent: Sequence[str],
+    *,
+    at_least: int,
+    rows: int = 500,
+) -> None:
+    """After a churn run (daemon killed and restarted while ``writer`` changed rows): no
+    write failed, more than ``at_least`` rows changed, every changed row's key is gone
+    for the app and from its owner only, and other rows' keys and ``absent`` ones stay."""
+    assert writer.errors == []
+    updated = sorted(writer.updated)
+    left = wait_gone(app, [f"user:{i}" for i in updated], timeout=20)
+    assert (len(updated) > at_least, left) == (True, [])
+    copies.assert_exact(
+        [f"user:{i}" for i in updated],
+        [*(f"user:{i}" for i in range(1, rows + 1) if i not in writer.updated), *absent],
+        timeout=20,
+        settle=lambda: copies.barrier("user:{}", updated, rewrite_users(db)),
+    )

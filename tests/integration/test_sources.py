@@ -15,7 +15,13 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import ChurningWriter, NodeCopies, get_user, rewrite_users
+from tests.cache_aside import (
+    ChurningWriter,
+    NodeCopies,
+    assert_churn_invalidated,
+    get_user,
+    rewrite_users,
+)
 from tests.cache_aside import wait_gone as _wait_gone
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
@@ -131,21 +137,7 @@ def test_repeated_sigkill_loses_no_invalidation(
             time.sleep(random.uniform(0.3, 0.7))
             daemon.kill()
             daemon.start()
-    assert writer.errors == []
-    assert (
-        len(writer.updated) > 50,
-        wait_gone(app, [f"user:{i}" for i in sorted(writer.updated)], timeout=20),
-    ) == (
-        True,
-        [],
-    )
-    updated = sorted(writer.updated)
-    copies.assert_exact(
-        [f"user:{i}" for i in updated],
-        [*(f"user:{i}" for i in range(1, 501) if i not in writer.updated), *absent],
-        timeout=20,
-        settle=lambda: copies.barrier("user:{}", updated, rewrite_users(users_db)),
-    )
+    assert_churn_invalidated(copies, app, writer, users_db, absent, at_least=50)
 
 
 def test_a_stopped_node_gets_its_deletes_when_it_answers_again(
