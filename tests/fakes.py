@@ -77,6 +77,7 @@ class Command:
     verb: str
     key: str  # "" for stats, flush_all, version
     value: bytes | None  # set/add data
+    args: tuple[str, ...] = ()  # everything after the verb, e.g. ("user:1", "0", "300", "9")
 
 
 class _PairTransport:
@@ -259,7 +260,7 @@ class MemoryNode:
 
     def _run(self, verb: str, args: list[str], value: bytes | None) -> bytes:
         key = args[0] if args and verb not in ("stats", "flush_all", "version") else ""
-        command = Command(next(_SEQUENCE), self.name, self.pid, verb, key, value)
+        command = Command(next(_SEQUENCE), self.name, self.pid, verb, key, value, tuple(args))
         if verb != "stats" and self._errors:
             self.errored.append(command)
             return self._errors.popleft() + b"\r\n"
