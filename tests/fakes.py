@@ -113,7 +113,8 @@ class _Connection:
         self.thread.daemon = True
 
     def cut(self) -> None:
-        """Close from the server's side: the daemon reads EOF."""
+        """Close from the server's side: the daemon reads EOF. (Under the node's lock when
+        called by the node: nothing more is executed on this connection once it returns.)"""
         self.closed = True
         with contextlib.suppress(OSError):
             self.server.shutdown(socket.SHUT_RDWR)
@@ -128,6 +129,13 @@ class _Connection:
                 if node.paused:
                     node.resumed.wait(POLL)
                     continue
+                # What arrived (perhaps while paused) first, then wait for more.
+                replies = node.execute(buffer, self)
+                if replies:
+                    try:
+                        sock.sendall(replies)
+                    except OSError:
+                        break
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:
@@ -137,12 +145,6 @@ class _Connection:
                 if not data:
                     break
                 buffer += data
-                replies = node.execute(buffer, self)
-                if replies:
-                    try:
-                        sock.sendall(replies)
-                    except OSError:
-                        break
         finally:
             self.closed = True
             sock.close()
@@ -171,9 +173,11 @@ class MemoryNode:
     # -- abilities -----------------------------------------------------------------------
 
     def pause(self) -> None:
-        """Accept connections and requests, answer nothing (a SIGSTOPped process)."""
-        self.resumed.clear()
-        self.paused = True
+        """Accept connections and requests, answer nothing (a SIGSTOPped process): once
+        this returns, no command is executed until ``resume``."""
+        with self._lock:
+            self.resumed.clear()
+            self.paused = True
 
     def resume(self) -> None:
         """Answer again, starting with what arrived while paused."""
@@ -182,8 +186,9 @@ class MemoryNode:
 
     def fail(self) -> None:
         """Refuse connections and close the open ones (a stopped process)."""
-        self.refusing = True
-        self._cut_all()
+        with self._lock:
+            self.refusing = True
+            self._cut_all()
 
     def start(self) -> None:
         """Accept connections again; the data and pid are kept (a network partition healed)."""
@@ -191,8 +196,8 @@ class MemoryNode:
 
     def restart(self) -> None:
         """A new process: open connections closed, new pid, started now, no data."""
-        self._cut_all()
         with self._lock:
+            self._cut_all()
             self.pid = 1000 + next(_SEQUENCE)
             self.started = time.time()
             self.data.clear()
@@ -235,7 +240,8 @@ class MemoryNode:
             connection.cut()
 
     def execute(self, buffer: bytearray, connection: _Connection) -> bytes:
-        """Run every complete command in ``buffer`` (consumed); returns the replies."""
+        """Run the complete commands in ``buffer`` (consumed) unless paused, closed or
+        restarted meanwhile; returns the replies."""
         out = bytearray()
         while True:
             eol = buffer.find(b"\r\n")
@@ -251,10 +257,10 @@ class MemoryNode:
                     break  # the data block is still coming
                 value = bytes(buffer[end : end + size])
                 end += size + 2
-            del buffer[:end]
             with self._lock:
-                if connection.pid != self.pid or connection.closed:
-                    return b""  # restarted under this connection: nothing more is answered
+                if self.paused or connection.pid != self.pid or connection.closed:
+                    break
+                del buffer[:end]
                 out += self._run(verb, [p.decode() for p in parts[1:]], value)
         return bytes(out)
 
@@ -381,7 +387,7 @@ class MemorySource:
         self.confirmed = 0  # the "slot's" confirmed position: sessions resume after it
         self.confirmations: list[Confirmation] = []
         self.sessions: list[MemorySession] = []
-        self.open_errors: deque[str] = deque()
+        self.open_errors: deque[SourceError] = deque()
         self.read_errors: deque[str] = deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -400,10 +406,12 @@ class MemorySource:
                 os.write(self._wake_w, b"!")
         return position
 
-    def fail_open(self, message: str, times: int = 1) -> None:
-        self.open_errors.extend([message] * times)
+    def fail_open(self, error: str | SourceError, times: int = 1) -> None:
+        """The next ``times`` opens raise ``error`` (a message: a SourceError)."""
+        self.open_errors.extend([SourceError(error) if isinstance(error, str) else error] * times)
 
     def fail_read(self, message: str) -> None:
+        """The next read raises SourceError(message) (the connection dropped)."""
         self.read_errors.append(message)
 
     def confirmed_at(self, position: int) -> Confirmation | None:
@@ -423,7 +431,7 @@ class MemorySource:
 
     def open(self, feed: Feed) -> MemorySession:
         if self.open_errors:
-            raise SourceError(self.open_errors.popleft())
+            raise self.open_errors.popleft()
         session = MemorySession(self, feed)
         self.sessions.append(session)
         return session
@@ -575,6 +583,13 @@ class InProcessDaemon:
         self.result: int | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="invalidator", daemon=True)
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Run the loop, pipeline, telemetry and node channels on ``clock`` (before start)."""
+        supervisor = self.supervisor
+        supervisor.loop.clock = supervisor.pipeline.clock = supervisor.telemetry.clock = clock
+        for channel in supervisor.nodes.channels.values():
+            channel.clock = clock
 
     def _run(self) -> None:
         try:
