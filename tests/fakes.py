@@ -29,13 +29,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from unittest import mock
 
 from pymemcache.client.rendezvous import RendezvousHash
 
 from invalidator.config import Config, EnvOverrides, parse_config
 from invalidator.core.changes import Change
+from invalidator.core.operations import Operation
+from invalidator.core.rules import plan
 from invalidator.core.tracker import AckTracker, Txn, commit_times
 from invalidator.errors import SourceError
 from invalidator.runtime import supervisor as supervisor_module
@@ -44,15 +46,17 @@ from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import ValueSource
 from invalidator.runtime.supervisor import Supervisor
 from invalidator.sinks.memcached.nodeset import NodeSet
+from invalidator.sinks.memcached.protocol import delete_request
 from invalidator.sources.base import Feed
 
 # One order for everything the fakes record, across the daemon's and the servers' threads
 # (``next`` on an itertools.count is atomic under the GIL).
 _SEQUENCE = itertools.count(1)
 POLL = 0.01
+T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+def wait_until(condition: Callable[[], T], what: str, timeout: float = 10.0) -> T:
     """Poll ``condition`` until it is truthy (returned); fail naming ``what`` if it never is."""
     deadline = time.monotonic() + timeout
     while True:
@@ -81,18 +85,28 @@ class Command:
 
 
 class _PairTransport:
-    """The daemon's end of a socketpair, as a ``Transport``."""
+    """The daemon's end of a socketpair, as a ``Transport``: ``finish`` takes ``steps``
+    calls (a handshake, as TLS's) or raises ``refusal`` (an asynchronous connect refused)."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, steps: int = 0, refusal: OSError | None = None):
         self.sock = sock
+        self.steps = steps
+        self.refusal = refusal
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def finish(self) -> bool:
+        if self.refusal is not None:
+            raise self.refusal
+        if self.steps:
+            self.steps -= 1
+            return False
         return True
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
+        if self.steps or self.refusal is not None:
+            raise AssertionError("send() before finish() returned True")
         return self.sock.send(data)
 
     def recv(self, size: int) -> bytes:
@@ -131,11 +145,10 @@ class _Connection:
                     continue
                 # What arrived (perhaps while paused) first, then wait for more.
                 replies = node.execute(buffer, self)
-                if replies:
-                    try:
-                        sock.sendall(replies)
-                    except OSError:
-                        break
+                try:
+                    self._send(replies)
+                except OSError:
+                    break
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:
@@ -148,6 +161,15 @@ class _Connection:
         finally:
             self.closed = True
             sock.close()
+
+    def _send(self, replies: bytes) -> None:
+        if not replies:
+            return
+        chunk = self.node.reply_chunk or len(replies)
+        for start in range(0, len(replies), chunk):
+            if start:
+                time.sleep(0.002)  # let the daemon read each piece on its own
+            self.server.sendall(replies[start : start + chunk])
 
 
 class MemoryNode:
@@ -167,6 +189,9 @@ class MemoryNode:
         self.resumed = threading.Event()
         self.resumed.set()
         self.refused = 0  # connection attempts refused
+        self.refuse_on: str = "open"  # while refusing: "open" fails, or the transport's "finish"
+        self.handshake_steps = 0  # finish() calls a new transport takes to be ready
+        self.reply_chunk: int | None = None  # replies sent in pieces of this many bytes
         self._errors: deque[bytes] = deque()  # replies that replace the next commands'
         self._lock = threading.Lock()
 
@@ -338,9 +363,16 @@ class MemoryMemcached:
         return node
 
     def open(self, address: tuple[str, int]) -> _PairTransport:
-        client = self._node(address).connect().client
+        node = self._node(address)
+        if node.refusing and node.refuse_on == "finish":
+            node.refused += 1
+            client, server = socket.socketpair()
+            server.close()
+            refusal = ConnectionRefusedError(errno.ECONNREFUSED, "cannot connect: ECONNREFUSED")
+            return _PairTransport(client, refusal=refusal)
+        client = node.connect().client
         client.setblocking(False)
-        return _PairTransport(client)
+        return _PairTransport(client, steps=node.handshake_steps)
 
     def open_blocking(self, address: tuple[str, int], timeout: float) -> socket.socket:
         client = self._node(address).connect().client
@@ -367,6 +399,7 @@ class Transaction:
     position: int  # what confirming it means (a commit's next LSN)
     changes: tuple[Change, ...]
     commit_time: float  # Unix seconds, as PostgreSQL's commit timestamp
+    batched: bool = False  # fed as the C hot path does: per-node delete batches
 
 
 @dataclass(slots=True)
@@ -396,12 +429,15 @@ class MemorySource:
         for changes in transactions:
             self.commit(changes)
 
-    def commit(self, changes: Sequence[Change], commit_time: float | None = None) -> int:
-        """Append a committed transaction; returns its position."""
+    def commit(
+        self, changes: Sequence[Change], commit_time: float | None = None, *, batched: bool = False
+    ) -> int:
+        """Append a committed transaction; returns its position. ``batched``: its deletes
+        are fed the way the C hot path feeds them (``Feed.submit_batch`` per node)."""
         with self._lock:
             position = (len(self.log) + 1) * self.step
             when = time.time() if commit_time is None else commit_time
-            self.log.append(Transaction(position, tuple(changes), when))
+            self.log.append(Transaction(position, tuple(changes), when, batched))
             if not self._closed:
                 os.write(self._wake_w, b"!")
         return position
@@ -483,10 +519,30 @@ class MemorySession:
             transaction = source.log[self.next]
             self.next += 1
             txn = tracker.begin()
-            for change in transaction.changes:
-                self.feed.on_change(change, txn)
+            if transaction.batched:
+                self._submit_batches(transaction.changes, txn)
+            else:
+                for change in transaction.changes:
+                    self.feed.on_change(change, txn)
             tracker.commit(txn, transaction.position, transaction.commit_time)
             self.streamed.append((transaction, txn))
+
+    def _submit_batches(self, changes: Sequence[Change], txn: Txn) -> None:
+        """What the C hot path hands the feed for delete rules: per pool and node, one blob
+        of pipelined ``delete`` requests (keys rendered and placed as plan() and the
+        pool's placement do), and the changes counted by table and kind."""
+        feed = self.feed
+        placements = feed.placements()
+        batches: dict[tuple[str, str], list[bytes]] = {}
+        for change in changes:
+            feed.count_changes(change.qualified_table, change.kind, 1)
+            for op in plan(change, feed.rules).operations:
+                assert op.op == "delete", "the hot path only takes delete rules"
+                for node in placements[op.pool].owners(op.key):
+                    batches.setdefault((op.pool, node), []).append(delete_request(op.key.encode()))
+        for (pool, node), requests in batches.items():
+            op = Operation("delete", "", pool, "*")
+            feed.submit_batch(node, op, b"".join(requests), len(requests), txn)
 
     def after_turn(self, now: float) -> float:
         self.turns += 1

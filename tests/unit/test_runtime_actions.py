@@ -166,10 +166,13 @@ def test_key_that_cannot_be_built_is_counted_and_the_others_still_deleted(
     the keys that can be built are deleted and the position moves on."""
     rule = {"table": "users", "keys": ["user:{id}", "email:{email}"]}
     daemon = harness.start(make_config(rule))
-    change = Change("update", "public", "users", new={"id": 7, "email": "x@y"}, old={"id": 7})
-    confirmed(harness, harness.source.commit([change]))
+    changes = [
+        Change("update", "public", "users", new={"id": i, "email": f"{i}@y"}, old={"id": i})
+        for i in (7, 8)
+    ]
+    confirmed(harness, harness.source.commit(changes))
     deleted = [c.key for c in harness.memcached.received("delete")]
-    assert sorted(deleted) == ["email:x@y", "user:7"]
-    assert daemon.metric("unbuildable_keys_total", table="public.users", rule="0") == 1
-    (logged,) = daemon.log.events("key not built")
+    assert sorted(deleted) == ["email:7@y", "email:8@y", "user:7", "user:8"]
+    assert daemon.metric("unbuildable_keys_total", table="public.users", rule="0") == 2
+    (logged,) = daemon.log.events("key not built")  # the same problem: logged once a minute
     assert logged["template"] == "email:{email}" and "absent" in logged["reason"]

@@ -31,7 +31,8 @@ def harness() -> Iterator[Harness]:
 
 
 def session_of(harness: Harness) -> MemorySession:
-    return wait_until(lambda: harness.source.sessions and harness.source.sessions[-1], "a session")
+    wait_until(lambda: harness.source.sessions, "a session")
+    return harness.source.sessions[-1]
 
 
 def confirmed(harness: Harness, position: int, what: str = "") -> None:

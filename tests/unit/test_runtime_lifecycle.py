@@ -3,11 +3,14 @@ from the confirmed position), standing by for a busy slot, and what it publishes
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 from invalidator.core.changes import int_to_lsn
+from invalidator.runtime.supervisor import install_signal_handlers
 from invalidator.sources.postgres import SlotBusyError
 from tests.fakes import (
     A,
@@ -108,6 +111,34 @@ def test_stop_with_a_hung_node_waits_one_drain_timeout_not_two(harness: Harness)
         assert daemon.join(3), "run() still draining after drain_timeout"
     finally:
         clock.advance(61)  # (a second drain, if any, is over too)
+
+
+def test_sigterm_asks_the_daemon_to_stop(harness: Harness) -> None:
+    """With the signal handlers installed, SIGTERM stops the daemon cleanly (run() returns
+    0 after confirming what was applied) and calls the hook."""
+    daemon = harness.start(make_config())
+    confirmed(harness, harness.source.commit([updated(1)]))
+    hooked: list[int] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        install_signal_handlers(daemon.supervisor, daemon.log, hooked.append)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert daemon.join(10) and daemon.result == 0
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert hooked == [signal.SIGTERM]
+    assert daemon.log.events("stopping") == [{"signal": "SIGTERM"}]
+    assert harness.source.sessions[-1].closed
+
+
+def test_stop_while_the_source_is_unavailable_ends_the_backoff(harness: Harness) -> None:
+    """A stop request during the reconnect backoff returns 0 without another attempt."""
+    harness.source.fail_open("cannot connect", times=1000)
+    daemon = harness.start(make_config())
+    wait_until(lambda: len(retries(daemon)) >= 2, "two failed opens")
+    assert daemon.stop() == 0
+    assert harness.source.sessions == []
 
 
 # -- the source -------------------------------------------------------------------------

@@ -100,6 +100,31 @@ def test_node_joining_moves_keys_and_old_owners_keep_getting_deletes_during_grac
     assert harness.memcached[previous].deleted() == [key, key]
 
 
+def test_second_change_during_grace_keeps_the_latest_previous_owner() -> None:
+    """A membership change during a grace period starts a new one whose old owners are
+    those of the placement just replaced, not of the one before it."""
+    d = "mc-d:11211"
+    with Harness((A, B, C, d)) as harness:
+        key = next(
+            f"user:{i}"
+            for i in range(1, 1000)
+            if owner(f"user:{i}", (A, B, C, d)) == d and owner(f"user:{i}", (A, B, C)) == C
+        )
+        first = owner(key, (A, B))
+        dns = Dns(A, B)
+        daemon = harness.start(discovered(every="0.1s", grace="60s"), resolver=dns)
+        membership(daemon, A, B)
+        dns.names.append(C)
+        membership(daemon, A, B, C)
+        dns.names.append(d)
+        membership(daemon, A, B, C, d)
+        user = int(key.split(":")[1])
+        confirmed(harness, harness.source.commit([updated(user)]))
+        assert harness.memcached[d].deleted() == [key]
+        assert harness.memcached[C].deleted() == [key]
+        assert harness.memcached[first].deleted() == []
+
+
 def test_old_owner_stops_getting_deletes_once_grace_has_expired(harness: Harness) -> None:
     """After the grace period only the new owner gets a moved key's deletes."""
     dns = Dns(A, B)
