@@ -45,6 +45,7 @@ from invalidator.runtime.discovery import Member
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import ValueSource
 from invalidator.runtime.supervisor import Supervisor
+from invalidator.sinks.memcached.connector import Connector
 from invalidator.sinks.memcached.nodeset import NodeSet
 from invalidator.sinks.memcached.protocol import delete_request
 from invalidator.sources.base import Feed
@@ -117,7 +118,7 @@ class _PairTransport:
 
 
 class _Connection:
-    def __init__(self, node: MemoryNode, server: socket.socket, client: socket.socket):
+    def __init__(self, node: MemoryNode, server: socket.socket, client: socket.socket | None):
         self.node = node
         self.pid = node.pid
         self.server = server
@@ -194,6 +195,8 @@ class MemoryNode:
         self.reply_chunk: int | None = None  # replies sent in pieces of this many bytes
         self._errors: deque[bytes] = deque()  # replies that replace the next commands'
         self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
 
     # -- abilities -----------------------------------------------------------------------
 
@@ -250,7 +253,46 @@ class MemoryNode:
 
     # -- serving -------------------------------------------------------------------------
 
-    def connect(self) -> _Connection:
+    def serve_tcp(self, *, listening: bool = True) -> tuple[str, int]:
+        """Serve on a TCP port of 127.0.0.1 too (for the real ``TcpConnector``); returns
+        it. ``listening=False``: bound but refusing connections until ``listen_tcp()``."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        self._listener = listener
+        if listening:
+            self.listen_tcp()
+        host, port = listener.getsockname()
+        return host, port
+
+    def listen_tcp(self) -> None:
+        assert self._listener is not None
+        self._listener.listen()
+        self._acceptor = threading.Thread(target=self._accept, name=f"accept {self.name}")
+        self._acceptor.daemon = True
+        self._acceptor.start()
+
+    def stop_tcp(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            if self._acceptor is not None:
+                self._acceptor.join(5.0)
+            listener.close()
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        listener.settimeout(POLL)
+        while self._listener is listener:
+            try:
+                server, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection = _Connection(self, server, None)
+            self.connections = [c for c in self.connections if not c.closed] + [connection]
+            connection.thread.start()
+
+    def connect(self) -> socket.socket:
+        """A new connection served by a thread; returns the daemon's end."""
         if self.refusing:
             self.refused += 1
             raise ConnectionRefusedError(errno.ECONNREFUSED, "cannot connect: ECONNREFUSED")
@@ -258,7 +300,7 @@ class MemoryNode:
         connection = _Connection(self, server, client)
         self.connections = [c for c in self.connections if not c.closed] + [connection]
         connection.thread.start()
-        return connection
+        return client
 
     def _cut_all(self) -> None:
         for connection in list(self.connections):
@@ -370,12 +412,12 @@ class MemoryMemcached:
             server.close()
             refusal = ConnectionRefusedError(errno.ECONNREFUSED, "cannot connect: ECONNREFUSED")
             return _PairTransport(client, refusal=refusal)
-        client = node.connect().client
+        client = node.connect()
         client.setblocking(False)
         return _PairTransport(client, steps=node.handshake_steps)
 
     def open_blocking(self, address: tuple[str, int], timeout: float) -> socket.socket:
-        client = self._node(address).connect().client
+        client = self._node(address).connect()
         client.settimeout(timeout)
         return client
 
@@ -383,10 +425,12 @@ class MemoryMemcached:
         """Close every connection (both ends) and wait for the serving threads."""
         for node in self.nodes.values():
             node.resume()
+            node.stop_tcp()
             for connection in node.connections:
                 connection.cut()
                 connection.thread.join(5.0)
-                connection.client.close()
+                if connection.client is not None:
+                    connection.client.close()
 
 
 # -- the source -------------------------------------------------------------------------
@@ -616,16 +660,16 @@ class InProcessDaemon:
         drain_timeout: float = 2.0,
         resolver: Callable[[str, tuple[str, ...] | None], list[Member]] | None = None,
         values: ValueSource | None = None,
+        connector: Connector | None = None,
     ):
         self.source = source
         self.memcached = memcached
         self.metrics = Metrics()
         self.log = RecordingLog()
         # The supervisor builds its NodeSet without a connector parameter: give the real
-        # class ours while it is built.
-        with mock.patch.object(
-            supervisor_module, "NodeSet", functools.partial(NodeSet, connector=memcached)
-        ):
+        # class ours (default: the fake nodes) while it is built.
+        nodeset = functools.partial(NodeSet, connector=connector or memcached)
+        with mock.patch.object(supervisor_module, "NodeSet", nodeset):
             self.supervisor = Supervisor(
                 config,
                 source,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from invalidator.sinks.memcached.connector import PLAIN
 from tests.fakes import A, B, Harness, ids_on, make_config, owner, updated, wait_until
 
 
@@ -116,3 +117,42 @@ def test_connect_refused_while_finishing_is_retried(harness: Harness) -> None:
     node.start()
     confirmed(harness, position)
     assert node.deleted() == [f"user:{user}"]
+
+
+def test_plain_tcp_connector_reaches_a_node_once_it_listens(harness: Harness) -> None:
+    """The production TcpConnector: a refused connect is retried, and once the port
+    listens the node gets its deletes over TCP."""
+    node = harness.memcached[A]
+    host, port = node.serve_tcp(listening=False)
+    server = f"{host}:{port}"
+    daemon = harness.start(make_config(servers=[server]), connector=PLAIN)
+    position = harness.source.commit([updated(1), updated(2)])
+    wait_until(
+        lambda: (daemon.metric("memcached_errors_total", node=server) or 0) >= 2,
+        "two refused connects",
+    )
+    assert daemon.log.events("memcached node error")[0]["reason"] == (
+        "cannot connect: ECONNREFUSED"
+    )
+    node.listen_tcp()
+    confirmed(harness, position)
+    assert sorted(node.deleted()) == ["user:1", "user:2"]
+
+
+def test_node_that_stops_reading_is_never_written_past_its_buffer(harness: Harness) -> None:
+    """Deletes beyond what a paused node's socket takes wait in its queue (the loop never
+    blocks on a send); they all arrive once it reads again."""
+    node = harness.memcached[A]
+    daemon = harness.start(make_config(servers=[A]))
+    confirmed(harness, harness.source.commit([updated(0)]))
+    node.pause()
+    count = 20_000  # ~400 kB of requests: more than a socket buffer holds
+    position = harness.source.commit([updated(i) for i in range(1, count + 1)], batched=True)
+    daemon.wait_metric("pending_operations", count, node=A)
+    wait_until(lambda: daemon.supervisor.nodes.channels[A].outbuf, "a send that did not fit")
+    session = harness.source.sessions[-1]
+    turns = session.turns
+    wait_until(lambda: session.turns > turns + 3, "the loop turning meanwhile")
+    node.resume()
+    confirmed(harness, position)
+    assert len(node.deleted()) == count + 1
