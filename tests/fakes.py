@@ -379,7 +379,9 @@ class MemoryMemcached:
             self.add(name)
 
     def add(self, name: str, address: tuple[str, int] | None = None) -> MemoryNode:
-        """A node named ``name`` ("host:port"), reachable at ``address`` (default: its name)."""
+        """A node named ``name`` ("host:port"), reachable at ``address`` (default: its name).
+        A name added again is a new process at another address (a rescheduled pod): the
+        name then means the new one; the old one stays reachable at its address."""
         if address is None:
             host, _, port = name.rpartition(":")
             address = (host, int(port))
@@ -391,9 +393,13 @@ class MemoryMemcached:
     def __getitem__(self, name: str) -> MemoryNode:
         return self.nodes[name]
 
+    def every_node(self) -> list[MemoryNode]:
+        """Every node ever added (also those whose name now means another process)."""
+        return list(self._by_address.values())
+
     def received(self, verb: str | None = None) -> list[Command]:
         """Every node's commands, in the order they were executed."""
-        every = [c for node in self.nodes.values() for c in node.received(verb)]
+        every = [c for node in self.every_node() for c in node.received(verb)]
         return sorted(every, key=lambda c: c.seq)
 
     # -- Connector ------------------------------------------------------------------------
@@ -423,7 +429,7 @@ class MemoryMemcached:
 
     def close(self) -> None:
         """Close every connection (both ends) and wait for the serving threads."""
-        for node in self.nodes.values():
+        for node in self.every_node():
             node.resume()
             node.stop_tcp()
             for connection in node.connections:
@@ -780,7 +786,7 @@ class Harness:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for node in self.memcached.nodes.values():
+        for node in self.memcached.every_node():
             node.start()
             node.resume()
         try:
