@@ -5,14 +5,18 @@ is a ``socket.socketpair()`` whose daemon end is the transport and whose other e
 served by a thread speaking the memcached text commands the daemon sends, over one dict
 per node. Every command a node executes is recorded (node, incarnation, order), and a node
 can be paused (connections accepted, nothing answered), failed (refused, connections
-closed), started again (same data) or restarted (new pid, empty).
+closed), started again (same data) or restarted (new pid, empty); it can answer the next
+commands with an error, trickle its replies in pieces, have its transports take several
+``finish()`` calls (a TLS-like handshake) or refuse in ``finish()``, and serve real TCP
+for the production ``TcpConnector``.
 
 ``MemorySource`` is a ``ChangeSource`` fed from a list of transactions. Its sessions use
 an ``AckTracker`` the way real sources must: a ``Txn`` per transaction, every change fed
 with it, a commit at an increasing position, and only what ``tracker.advance()`` returns
 confirmed. A reconnecting session streams again from the confirmed position, like a slot.
 
-``InProcessDaemon`` runs the real ``Supervisor`` over both in a thread.
+``InProcessDaemon`` runs the real ``Supervisor`` over both in a thread; ``Harness``
+starts daemons over a set of fake nodes and a source, and stops and closes them all.
 """
 
 from __future__ import annotations
@@ -288,7 +292,7 @@ class MemoryNode:
             except TimeoutError:
                 continue
             connection = _Connection(self, server, None)
-            self.connections = [c for c in self.connections if not c.closed] + [connection]
+            self.connections.append(connection)
             connection.thread.start()
 
     def connect(self) -> socket.socket:
@@ -298,7 +302,7 @@ class MemoryNode:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "cannot connect: ECONNREFUSED")
         server, client = socket.socketpair()
         connection = _Connection(self, server, client)
-        self.connections = [c for c in self.connections if not c.closed] + [connection]
+        self.connections.append(connection)  # all kept: close() closes both ends of each
         connection.thread.start()
         return client
 
