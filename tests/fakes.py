@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import gc
 import itertools
 import os
@@ -34,7 +33,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from unittest import mock
 
 from pymemcache.client.rendezvous import RendezvousHash
 
@@ -44,13 +42,11 @@ from invalidator.core.operations import Operation
 from invalidator.core.rules import plan
 from invalidator.core.tracker import AckTracker, Txn, commit_times
 from invalidator.errors import SourceError
-from invalidator.runtime import supervisor as supervisor_module
 from invalidator.runtime.discovery import Member
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import ValueSource
 from invalidator.runtime.supervisor import Supervisor
 from invalidator.sinks.memcached.connector import Connector
-from invalidator.sinks.memcached.nodeset import NodeSet
 from invalidator.sinks.memcached.protocol import delete_request
 from invalidator.sources.base import Feed
 
@@ -676,20 +672,16 @@ class InProcessDaemon:
         self.memcached = memcached
         self.metrics = Metrics()
         self.log = RecordingLog()
-        # The supervisor builds its NodeSet without a connector parameter: give the real
-        # class ours (default: the fake nodes) while it is built.
-        nodeset = functools.partial(NodeSet, connector=connector or memcached)
-        with mock.patch.object(supervisor_module, "NodeSet", nodeset):
-            self.supervisor = Supervisor(
-                config,
-                source,
-                metrics=self.metrics,
-                log=self.log,
-                values=values,
-                drain_timeout=drain_timeout,
-            )
-        if resolver is not None:
-            self.supervisor.membership.resolver = resolver
+        self.supervisor = Supervisor(
+            config,
+            source,
+            metrics=self.metrics,
+            log=self.log,
+            values=values,
+            drain_timeout=drain_timeout,
+            connector=connector or memcached,
+            **({"resolver": resolver} if resolver is not None else {}),
+        )
         self.result: int | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="invalidator", daemon=True)

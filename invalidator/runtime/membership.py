@@ -34,7 +34,9 @@ class Membership:
         self._pools = {n: p for n, p in config.pools.items() if p.discover is not None}
 
     def tick(self, now: float, *, initial: bool = False) -> None:
-        """Resolve every discovered pool if due (always when ``initial``)."""
+        """End expired grace periods; resolve every discovered pool if due (always when
+        ``initial``)."""
+        self._end_grace()
         if not initial and now < self.next_due:
             return
         for name, pool in self._pools.items():
@@ -57,12 +59,13 @@ class Membership:
                     raise SourceError(f"discover {srv}: no nodes")
                 continue
             self._apply(name, members, pool.discover.grace, now)
-        placements = self.nodes.router.placements
-        for pool_name, placement in list(placements.items()):
-            if isinstance(placement, GracePlacement) and placement.expired:
-                self.nodes.set_placement(pool_name, placement.new)
         every = [p.discover.every for p in self._pools.values() if p.discover is not None]
         self.next_due = now + (min(every) if every else float("inf"))
+
+    def _end_grace(self) -> None:
+        for pool, placement in list(self.nodes.router.placements.items()):
+            if isinstance(placement, GracePlacement) and placement.expired:
+                self.nodes.set_placement(pool, placement.new)
 
     def _apply(self, pool: str, members: list[Member], grace: float, now: float) -> None:
         previous = self.discovered.get(pool)

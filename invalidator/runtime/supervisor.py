@@ -18,12 +18,14 @@ from typing import Any
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
 from invalidator.errors import SourceError
+from invalidator.runtime.discovery import resolve
 from invalidator.runtime.loop import EventLoop
-from invalidator.runtime.membership import Membership
+from invalidator.runtime.membership import Membership, Resolver
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import Pipeline, ValueSource
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Health, Telemetry
+from invalidator.sinks.memcached.connector import PLAIN, Connector
 from invalidator.sinks.memcached.nodeset import NodeSet
 from invalidator.sources.base import ChangeSource
 from invalidator.sources.postgres import SlotBusyError
@@ -47,6 +49,8 @@ class Supervisor:
         health: Health | None = None,
         values: ValueSource | None = None,
         drain_timeout: float = 5.0,
+        connector: Connector = PLAIN,
+        resolver: Resolver = resolve,
     ):
         self.source = source
         self.log = log
@@ -59,10 +63,11 @@ class Supervisor:
             max_queue={name: pool.max_queue for name, pool in config.pools.items()},
             on_error=self.telemetry.node_error,
             on_event=self.telemetry.node_event,
+            connector=connector,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
         self.pipeline = Pipeline(compile_rules(config), self.nodes, self.telemetry, skips, values)
-        self.membership = Membership(config, self.nodes, log)
+        self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
 
@@ -98,7 +103,10 @@ class Supervisor:
                 )
                 self._backoff(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
-        self.loop.service(self.loop.clock() + self.drain_timeout, drain=True)
+        # One deadline for the whole stop (set by request_stop; a stop without a request,
+        # which cannot happen through run(), gets a fresh one).
+        deadline = self.loop.deadline if self.stopping else self.loop.clock() + self.drain_timeout
+        self.loop.service(deadline, drain=True)
         self.loop.close()
         self.source.close()
         self.telemetry.not_streaming()

@@ -109,12 +109,6 @@ def test_bump_rule_creates_the_counter_then_increments_it(harness: Harness) -> N
     assert [c.verb for c in node.received() if c.verb != "stats"] == ["incr", "add", "incr"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NodeChannel._reply sets entry.outcome = 'created' before re-queuing the bump's "
-    "`add`, then overwrites it with 'ok' when the add is STORED (`entry.outcome = outcome`): "
-    "operations_total{op='bump',result='created'} is never counted",
-)
 def test_bump_that_creates_the_counter_is_counted_as_created(harness: Harness) -> None:
     """A bump that had to create its counter is reported with result "created"."""
     rule = {"table": "users", "keys": ["gen:users"], "action": "bump"}

@@ -196,12 +196,6 @@ def test_node_that_never_answers_is_reconnected_after_the_request_timeout(
     assert f"user:{user}" in nodes[B].deleted()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NodeQueue._enqueue overflows any node that is not `healthy`, and a node with no "
-    "connection yet (transport None: before its first connect) counts as unhealthy, so a "
-    "first burst above max_queue flushes a reachable node's whole cache",
-)
 def test_burst_above_max_queue_for_a_node_not_yet_connected_is_not_flushed(
     harness: Harness,
 ) -> None:

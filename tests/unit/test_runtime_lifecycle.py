@@ -87,13 +87,6 @@ def test_stop_with_a_hung_node_returns_0_without_confirming_its_work(harness: Ha
     assert nodes[A].deleted() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Supervisor.run drains again after the session ended: "
-    "`self.loop.service(self.loop.clock() + self.drain_timeout, drain=True)` starts a new "
-    "drain_timeout when EventLoop.stream already spent one (loop.deadline), so a hung node "
-    "holds the stop for 2 x drain_timeout",
-)
 def test_stop_with_a_hung_node_waits_one_drain_timeout_not_two(harness: Harness) -> None:
     """Once drain_timeout has passed since the stop request, run() returns."""
     source, nodes = harness.source, harness.memcached

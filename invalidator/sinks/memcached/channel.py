@@ -81,6 +81,10 @@ class NodeChannel(NodeQueue):
         """Connected and not in a failure backoff: its queue is expected to drain."""
         return self.transport is not None and not self.connecting and self.failures == 0
 
+    @property
+    def unreachable(self) -> bool:
+        return self.failures > 0
+
     # -- connection ---------------------------------------------------------------------
 
     def ensure_connected(self) -> bool:
@@ -113,7 +117,14 @@ class NodeChannel(NodeQueue):
         self.connecting = False
         return True
 
-    def _failed(self, reason: str) -> None:
+    def move_to(self, address: tuple[str, int]) -> None:
+        """The pod behind the node's stable name moved: reconnect to ``address`` now, and
+        send everything not yet answered again there (the old address never will)."""
+        self.address = address
+        self._disconnect()
+        self.retry_at = 0.0
+
+    def _disconnect(self) -> None:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -124,6 +135,9 @@ class NodeChannel(NodeQueue):
             self.queue.appendleft(self.inflight.pop())
         self.outbuf.clear()
         self.inbuf.clear()
+
+    def _failed(self, reason: str) -> None:
+        self._disconnect()
         self.failures += 1
         self.last_error = reason
         self.retry_at = self.clock() + self.backoff
@@ -309,11 +323,10 @@ class NodeChannel(NodeQueue):
             following = bump_next(entry.step, op.key.encode(), outcome)
             if following is not None:
                 entry.step, entry.request = following
-                entry.outcome = "created"
                 self.queue.appendleft(entry)
                 return False
             if outcome == "ok":
-                entry.outcome = outcome
+                entry.outcome = "created" if entry.step == "add" else "ok"
                 return True
         elif outcome in ("ok", "not_found") or (outcome == "not_stored" and op.op == "refresh"):
             entry.outcome = outcome

@@ -64,9 +64,7 @@ class NodeSet:
             return
         channel.max_queue = min(channel.max_queue, max_queue)
         if channel.address != address:
-            # The pod behind the stable name moved: reconnect to its new address.
-            channel.address = address
-            channel.close()
+            channel.move_to(address)
 
     def set_placement(self, pool: str, placement: Placement) -> None:
         self.router.placements[pool] = placement

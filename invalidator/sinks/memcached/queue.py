@@ -62,9 +62,10 @@ class NodeQueue:
         self.ops = 0  # requests queued or in flight (a batch counts each of its deletes)
 
     @property
-    def healthy(self) -> bool:
-        """Whether the queue is expected to drain (the channel knows: connected, no
-        failure backoff); an unhealthy node's queue overflows into one flush_all."""
+    def unreachable(self) -> bool:
+        """The node failed and has not answered since (the channel knows): only then does
+        a queue over ``max_queue`` become one flush_all. A node still connecting for the
+        first time is not unreachable."""
         raise NotImplementedError
 
     def submit(self, op: Operation, txn: Txn | None) -> None:
@@ -98,7 +99,7 @@ class NodeQueue:
     def _enqueue(self, entry: Entry) -> None:
         self.queue.append(entry)
         self.ops += entry.count
-        if self.ops > self.max_queue and not self.healthy:
+        if self.ops > self.max_queue and self.unreachable:
             self._overflow()
 
     def drop_all(self) -> int:
