@@ -50,6 +50,7 @@ class EventLoop:
         fd = session.fileno()
         registered = False
         wait = 0.0  # how soon the session wants its next turn
+        buffered = session.buffered
         try:
             while True:
                 now = self.clock()
@@ -62,7 +63,7 @@ class EventLoop:
                     else:
                         self.selector.unregister(fd)
                     registered = want
-                ready = self._turn(now, wait, want and session.buffered())
+                ready = self._turn(now, wait, want and buffered())
                 if want:
                     session.read(ready, self.clock())
                 wait = self._finish_turn(session)
@@ -86,8 +87,9 @@ class EventLoop:
     def _turn(self, now: float, wait: float, source_buffered: bool) -> bool:
         """Timers, one select and node I/O; returns whether the source's socket is ready."""
         self.telemetry.health.last_loop = now
-        self.membership.tick(now)
-        next_redelete = self.pipeline.tick(now)
+        if now >= self.membership.next_check:
+            self.membership.tick(now)
+        next_redelete = self.pipeline.tick(now) if self.pipeline.redeletes else None
         nodes = self.nodes
         nodes.check_timeouts(now)
         nodes.register(self.selector, now)

@@ -30,15 +30,23 @@ class Membership:
         self.log = log
         self.resolver = resolver
         self.discovered: dict[str, list[Member]] = {}
-        self.next_due = 0.0
+        self.next_due = 0.0  # next DNS lookup
+        self._grace_ends = float("inf")  # earliest end of a grace period
+        self.next_check = 0.0  # the earlier of the two
         self._pools = {n: p for n, p in config.pools.items() if p.discover is not None}
 
     def tick(self, now: float, *, initial: bool = False) -> None:
         """End expired grace periods; resolve every discovered pool if due (always when
-        ``initial``)."""
-        self._end_grace()
-        if not initial and now < self.next_due:
+        ``initial``). Cheap when nothing is due: the loop calls it every turn."""
+        if not initial and now < self.next_check:
             return
+        if now >= self._grace_ends:
+            self._end_grace(now)
+        if initial or now >= self.next_due:
+            self._resolve(now, initial)
+        self.next_check = min(self.next_due, self._grace_ends)
+
+    def _resolve(self, now: float, initial: bool) -> None:
         for name, pool in self._pools.items():
             assert pool.discover is not None
             srv = pool.discover.srv
@@ -62,10 +70,16 @@ class Membership:
         every = [p.discover.every for p in self._pools.values() if p.discover is not None]
         self.next_due = now + (min(every) if every else float("inf"))
 
-    def _end_grace(self) -> None:
+    def _end_grace(self, now: float) -> None:
+        """Grace placements whose time is up give way to their new placement."""
+        ends = float("inf")
         for pool, placement in list(self.nodes.router.placements.items()):
-            if isinstance(placement, GracePlacement) and placement.expired:
-                self.nodes.set_placement(pool, placement.new)
+            if isinstance(placement, GracePlacement):
+                if placement.expired(now):
+                    self.nodes.set_placement(pool, placement.new)
+                else:
+                    ends = min(ends, placement.until)
+        self._grace_ends = ends
 
     def _apply(self, pool: str, members: list[Member], grace: float, now: float) -> None:
         previous = self.discovered.get(pool)
@@ -79,9 +93,11 @@ class Membership:
         old = self.nodes.router.placements.get(pool)
         if isinstance(old, GracePlacement):
             old = old.new
-        self.nodes.set_placement(
-            pool, GracePlacement(new, old, now + grace) if old is not None else new
-        )
+        if old is not None:
+            self.nodes.set_placement(pool, GracePlacement(new, old, now + grace))
+            self._grace_ends = min(self._grace_ends, now + grace)
+        else:
+            self.nodes.set_placement(pool, new)
         for node, dropped in self.nodes.remove_unused():
             self.log.info("memcached node removed", node=node, dropped_operations=dropped)
         self.log.info(

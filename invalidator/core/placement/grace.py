@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from invalidator.core.placement.base import Placement
 
 
@@ -17,19 +14,17 @@ class GracePlacement:
         new: Placement,
         old: Placement,
         until: float,
-        clock: Callable[[], float] = time.monotonic,
     ):
         self.new = new
         self.old = old
         self.until = until
-        self.clock = clock
         self.nodes = new.nodes
         self._live = frozenset(new.nodes)
         self.hot_mode: str | None = None  # two placements at once: Python's job
 
-    @property
-    def expired(self) -> bool:
-        return self.clock() >= self.until
+    def expired(self, now: float) -> bool:
+        """The grace period is over at ``now`` (the clock ``until`` was set on)."""
+        return now >= self.until
 
     def owners(self, key: str) -> tuple[str, ...]:
         owners = self.new.owners(key)
