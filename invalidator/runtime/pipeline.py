@@ -31,6 +31,8 @@ class ValueSource(Protocol):
 
     def value(self, query: str, row: dict[str, Any]) -> bytes | None: ...
 
+    def close(self) -> None: ...
+
 
 class Pipeline:
     """Rules, values and nodes of one daemon; sources feed it, the loop settles it."""

@@ -109,6 +109,8 @@ class Supervisor:
         self.loop.service(deadline, drain=True)
         self.loop.close()
         self.source.close()
+        if self.pipeline.values is not None:
+            self.pipeline.values.close()
         self.telemetry.not_streaming()
         return 0
 

@@ -12,11 +12,13 @@ pending, the server's WAL end is confirmed so quiet tables do not pin WAL.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from invalidator.config import SourceConfig
 from invalidator.core.changes import Begin, Change, Commit, lsn_to_int
 from invalidator.core.operations import SkippedKey
+from invalidator.core.rules import TableName
 from invalidator.core.tracker import AckTracker, commit_times
 from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
@@ -105,7 +107,7 @@ class LogicalSource:
 class LogicalSession:
     """One START_REPLICATION session."""
 
-    def __init__(self, source: LogicalSource, feed: Feed, tables: Any):
+    def __init__(self, source: LogicalSource, feed: Feed, tables: Iterable[TableName] | None):
         self.source = source
         self.feed = feed
         self.stream = ReplicationStream(

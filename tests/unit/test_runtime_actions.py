@@ -31,12 +31,16 @@ class Values:
         self.rows = rows
         self.failing = failing
         self.queries: list[tuple[str, dict[str, Any]]] = []
+        self.closed = False
 
     def value(self, query: str, row: dict[str, Any]) -> bytes | None:
         self.queries.append((query, row))
         if self.failing:
             raise SourceError("value query failed: connection lost")
         return self.rows.get(row["id"])
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def test_refresh_rule_with_a_json_value_writes_the_row_to_the_owner(harness: Harness) -> None:
