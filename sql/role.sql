@@ -64,3 +64,9 @@ SELECT format('GRANT CONNECT ON DATABASE %I TO invalidator', current_database())
 -- The watched tables: one line per schema and table of your rules (k8s/invalidator.yaml).
 GRANT USAGE ON SCHEMA public TO invalidator;
 GRANT SELECT ON TABLE public.users TO invalidator;
+
+-- The daemon's own schema: its continuity marker (invalidator.continuity: the last
+-- confirmed position, system identifier and timeline of its slot, kept in the database so
+-- a failover that loses the slot does not lose it) and, for source.kind: notify, the
+-- outbox. The daemon creates its tables there itself.
+CREATE SCHEMA IF NOT EXISTS invalidator AUTHORIZATION invalidator;

@@ -45,6 +45,9 @@ class SourceConfig(StrictModel):
     dsn_file: str | None = Field(default=None, min_length=1)
     slot: str = "cache_invalidator"
     create_slot: bool = True
+    # What to do when changes may have been missed (slot gone or lost, another cluster, a
+    # promoted standby): empty the pools, bump the bump rules' counters, or stay unready.
+    on_gap: Literal["flush", "bump", "refuse"] = "flush"
 
     @model_validator(mode="before")
     @classmethod

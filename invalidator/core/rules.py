@@ -255,3 +255,31 @@ def _apply_rule(
                 )
             else:
                 operations.append(Operation(this_op, key, rule.pool, table, lsn, rule=rule.index))
+
+
+def gap_operations(
+    rules: RuleSet, pools: Iterable[str], policy: str, reason: str
+) -> tuple[Operation, ...]:
+    """What answers a gap (changes that may have been missed: any key may be stale).
+
+    ``flush`` empties every pool. ``bump`` increments the counters of a pool whose rules
+    are all bump rules with fixed counter keys, and still flushes every other pool, whose
+    keys no counter reaches: a gap is never answered with keys left stale."""
+    table = f"gap:{reason}"
+    operations: list[Operation] = []
+    for pool in pools:
+        pool_rules = [r for r in rules.rules if r.pool == pool]
+        counters_only = bool(pool_rules) and all(
+            r.action == "bump" and not any(t.columns for t in r.templates) for r in pool_rules
+        )
+        if policy != "bump" or not counters_only:
+            operations.append(Operation("flush", "", pool, table))
+            continue
+        seen: set[str] = set()
+        for rule in pool_rules:
+            for template in rule.templates:
+                key = template.source.replace("{{", "{").replace("}}", "}")
+                if key not in seen:
+                    seen.add(key)
+                    operations.append(Operation("bump", key, pool, table, rule=rule.index))
+    return tuple(operations)

@@ -73,3 +73,9 @@ class Metrics:
             registry=r,
         )
         self.up = Gauge(p + "up", "1 while the daemon is streaming", registry=r)
+        self.gaps = Counter(
+            p + "gaps",
+            "Times continuity was lost (changes may have been missed), by reason",
+            ["reason"],
+            registry=r,
+        )

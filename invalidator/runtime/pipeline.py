@@ -17,7 +17,7 @@ from invalidator.core.changes import Change
 from invalidator.core.operations import Operation, SkippedKey
 from invalidator.core.placement import Placement
 from invalidator.core.redelete import RedeleteScheduler
-from invalidator.core.rules import RuleSet, TableName, plan
+from invalidator.core.rules import RuleSet, TableName, gap_operations, plan
 from invalidator.core.tracker import Txn
 from invalidator.errors import SourceError
 from invalidator.runtime.skips import SkipReporter
@@ -83,6 +83,23 @@ class Pipeline:
 
     def acknowledged(self, commit_times: Iterable[float]) -> None:
         self.telemetry.observe_commit_latency(commit_times)
+
+    def gap(self, reason: str, detail: str) -> None:
+        self.telemetry.metrics.gaps.labels(reason).inc()
+        self.log.error(
+            "continuity lost: changes may have been missed", reason=reason, detail=detail
+        )
+
+    def answer_gap(self, policy: str, reason: str, txn: Txn) -> int:
+        operations = gap_operations(self.rules, list(self.nodes.router.placements), policy, reason)
+        self.nodes.submit(operations, txn)
+        self.log.warning(
+            "answering the gap before streaming",
+            reason=reason,
+            on_gap=policy,
+            operations=[f"{op.op} {op.pool}{' ' + op.key if op.key else ''}" for op in operations],
+        )
+        return len(operations)
 
     def streaming(self, **context: Any) -> None:
         self.telemetry.streaming()

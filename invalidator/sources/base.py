@@ -61,6 +61,15 @@ class Feed(Protocol):
         """Work of transactions committed at these times is confirmed (latency metric)."""
         ...
 
+    def gap(self, reason: str, detail: str) -> None:
+        """Continuity was lost (changes may have been missed): count and log it loudly."""
+        ...
+
+    def answer_gap(self, policy: str, reason: str, txn: Txn) -> int:
+        """Queue what ``source.on_gap`` asks for (flush pools, bump counters) for ``txn``;
+        returns how many operations."""
+        ...
+
     def streaming(self, **context: Any) -> None:
         """The session streams now (ready; logged with ``context``)."""
         ...

@@ -19,11 +19,12 @@ from invalidator.config import SourceConfig
 from invalidator.core.changes import Begin, Change, Commit, lsn_to_int
 from invalidator.core.operations import SkippedKey
 from invalidator.core.rules import TableName
-from invalidator.core.tracker import AckTracker, commit_times
+from invalidator.core.tracker import AckTracker, Txn, commit_times
 from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
 from invalidator.hotpath._hotpath import parse_timestamp
 from invalidator.sources.base import Feed, Session
+from invalidator.sources.continuity import Continuity, marker_status
 from invalidator.sources.partitions import PartitionWatcher
 from invalidator.sources.postgres import Admin, ReplicationStream, WalPosition, stream_options
 from invalidator.sources.replication import ProtocolError, XLogData, parse_message
@@ -58,10 +59,13 @@ class LogicalSource:
         self.dsn = dsn
         self.admin = Admin(dsn)
         self.wal = WalPosition(dsn)
+        self.continuity = Continuity(self.admin, config.slot, config.on_gap)
 
     def setup(self) -> str:
         created = self.admin.create_slot(self.slot)
-        return f"slot {self.slot}: {'created' if created else 'already exists'}"
+        tracked = self.continuity.store.ensure()
+        note = "" if tracked else f"; continuity not tracked: {self.continuity.store.unavailable}"
+        return f"slot {self.slot}: {'created' if created else 'already exists'}{note}"
 
     def teardown(self) -> str:
         return (
@@ -79,10 +83,19 @@ class LogicalSource:
             "restart_lsn": status.restart_lsn,
             "wal_retained_bytes": status.retained_bytes,
             "lag_bytes": status.lag_bytes,
+            "wal_status": status.wal_status,
         }
+        store = self.continuity.store
+        marker = None
+        try:
+            marker = store.read()
+        except SourceError as exc:
+            store.unavailable = str(exc)
+        record["continuity"] = marker_status(marker, store.unavailable)
         return record, status.exists
 
     def open(self, feed: Feed) -> Session:
+        gap = self.continuity.check(feed.log, feed.gap)
         if self.config.create_slot:
             if self.admin.create_slot(self.slot):
                 feed.log.info("replication slot created", slot=self.slot)
@@ -98,7 +111,7 @@ class LogicalSource:
         # partitioned table in the rules, take every table and resolve new names lazily.
         watch_all = bool(partitions) or any(self.admin.table_facts(*t).partitioned for t in watched)
         feed.resolve_partition = PartitionWatcher(self.admin, feed) if watch_all else None
-        return LogicalSession(self, feed, None if watch_all else feed.rules.tables)
+        return LogicalSession(self, feed, None if watch_all else feed.rules.tables, gap)
 
     def close(self) -> None:
         self.wal.close()
@@ -107,7 +120,13 @@ class LogicalSource:
 class LogicalSession:
     """One START_REPLICATION session."""
 
-    def __init__(self, source: LogicalSource, feed: Feed, tables: Iterable[TableName] | None):
+    def __init__(
+        self,
+        source: LogicalSource,
+        feed: Feed,
+        tables: Iterable[TableName] | None,
+        gap: str | None = None,
+    ):
         self.source = source
         self.feed = feed
         self.stream = ReplicationStream(
@@ -134,6 +153,15 @@ class LogicalSession:
             self.server_end = source.wal.current()
         except SourceError:
             self.server_end = 0
+        # A gap is answered (on_gap) before anything streamed now: each node gets that
+        # work first, in order. The marker's pending gap is cleared once it is acknowledged.
+        self.gap = gap
+        self.gap_work: Txn | None = None
+        if gap is not None:
+            self.gap_work = Txn(committed=True)
+            feed.answer_gap(source.config.on_gap, gap, self.gap_work)
+        else:
+            source.continuity.resolved(self.tracker.confirmed)
         feed.streaming(
             slot=source.slot,
             tables=len(feed.rules.tables),
@@ -267,6 +295,13 @@ class LogicalSession:
             self.sent_position = tracker.confirmed
             self.last_status = now
             moved = False
+        gap_work = self.gap_work
+        if gap_work is not None and gap_work.outstanding <= 0:
+            self.gap_work = None
+            self.source.continuity.resolved(tracker.confirmed)
+            self.feed.log.info("gap answered; continuity restored", reason=self.gap)
+        elif gap_work is None:
+            self.source.continuity.save(now, tracker.confirmed)
         if now - self.last_lag >= LAG_INTERVAL:
             self.last_lag = now
             try:

@@ -231,6 +231,15 @@ class SlotStatus:
     restart_lsn: str | None = None
     retained_bytes: int | None = None
     lag_bytes: int | None = None
+    wal_status: str | None = None  # reserved | extended | unreserved | lost
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """``IDENTIFY_SYSTEM``: which cluster, and which timeline of it, the DSN reaches."""
+
+    system_identifier: str
+    timeline: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +278,11 @@ class Admin:
         with self._connect() as conn:
             return conn.execute(query, params).fetchall()
 
+    def execute(self, query: str | sql.Composed, params: Any = None) -> None:
+        """Run a statement (or several, without ``params``) that returns no rows."""
+        with self._connect() as conn:
+            conn.execute(query, params)
+
     def wal_level(self) -> str:
         return str(self.query("SHOW wal_level")[0][0])
 
@@ -276,14 +290,32 @@ class Admin:
         rows = self.query(
             "SELECT active, active_pid, plugin, confirmed_flush_lsn::text, restart_lsn::text,"
             " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
-            " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+            " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, wal_status"
             " FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),
         )
         if not rows:
             return SlotStatus(slot, exists=False)
-        active, pid, plugin, confirmed, restart, retained, lag = rows[0]
-        return SlotStatus(slot, True, bool(active), pid, plugin, confirmed, restart, retained, lag)
+        active, pid, plugin, confirmed, restart, retained, lag, wal = rows[0]
+        return SlotStatus(
+            slot, True, bool(active), pid, plugin, confirmed, restart, retained, lag, wal
+        )
+
+    def identify(self) -> Server:
+        """The cluster and timeline the DSN reaches (``IDENTIFY_SYSTEM`` on a replication
+        connection: the timeline of a just-promoted standby, before any checkpoint)."""
+        try:
+            with psycopg.connect(
+                self.dsn,
+                replication="database",
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+            ) as conn:
+                row = conn.execute("IDENTIFY_SYSTEM").fetchone()
+        except psycopg.Error as exc:
+            raise source_error("cannot identify the server", exc) from None
+        assert row is not None
+        return Server(str(row[0]), int(row[1]))
 
     def create_slot(self, slot: str) -> bool:
         """Create the logical slot unless it exists; True if created."""

@@ -53,6 +53,7 @@ SPEC_METRICS = {
     "invalidator_memcached_errors_total",
     "invalidator_unbuildable_keys_total",
     "invalidator_up",
+    "invalidator_gaps_total",
 }
 SPEC_HISTOGRAMS = {"invalidator_commit_to_ack_seconds"}
 METRIC_NAME = re.compile(r"\binvalidator_[a-z0-9_]+")
@@ -578,6 +579,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "ReplicationSlotWalRetained",
         "MemcachedErrors",
         "UnbuildableKeys",
+        "InvalidatorContinuityLost",
     }
 
 

@@ -1,0 +1,167 @@
+"""Never silently stale across a lost slot: the marker in the database notices the gap.
+
+The scenario of a failover to a standby without the slot, on one cluster: the daemon
+streams (and writes its marker), stops, the slot is dropped, rows change, the daemon
+starts again. Without continuity tracking it would create a fresh slot at the current
+position and those changes would never be invalidated.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pymemcache.client.hash import HashClient
+
+from tests.cache_aside import wait_gone, wait_until
+from tests.daemon_process import DaemonProcess
+from tests.services import MemcachedPool, PgDatabase
+
+pytestmark = pytest.mark.integration
+
+RULES = [{"table": "users", "keys": ["user:{id}"]}]
+CHANGED = range(1, 101)
+UNCHANGED = range(401, 411)
+
+
+def make_daemon(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, name: str, **source: object
+) -> DaemonProcess:
+    return DaemonProcess.create(
+        tmp_path,
+        name=name,
+        dsn=users_db.dsn,
+        slot="gapped",
+        servers=memcached.servers,
+        rules=RULES,
+        **source,
+    )
+
+
+@pytest.fixture
+def streamed_once(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+) -> Iterator[DaemonProcess]:
+    """A daemon has streamed (its marker is written) and stopped; then the slot is
+    dropped and 100 rows change while their keys are cached."""
+    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    users_db.execute("SELECT pg_drop_replication_slot('gapped')")
+    yield first
+    first.stop()
+
+
+def cache_and_change(app: HashClient, users_db: PgDatabase) -> None:
+    for i in [*CHANGED, *UNCHANGED]:
+        app.set(f"user:{i}", json.dumps({"id": i, "name": "cached"}))
+    users_db.execute("UPDATE users SET name = 'changed in the gap' WHERE id <= 100")
+
+
+def readyz(proc: DaemonProcess) -> str:
+    """/readyz's body, or "" while the daemon is not listening yet."""
+    try:
+        return proc.get("/readyz")[1]
+    except OSError:
+        return ""
+
+
+def status(proc: DaemonProcess) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "invalidator", "status", "--config", str(proc.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    record: dict[str, object] = json.loads(out.stdout)
+    return record
+
+
+def test_a_slot_dropped_while_the_daemon_was_down_flushes_the_pools(
+    tmp_path: Path,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+    streamed_once: DaemonProcess,
+) -> None:
+    """on_gap: flush (the default): every changed row's key is gone after the restart —
+    the pools were emptied because the changes in the gap are unknown — and the gap is
+    counted, logged and shown by status."""
+    cache_and_change(app, users_db)
+    second = make_daemon(tmp_path, users_db, memcached, "second")
+    try:
+        second.start()
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+        assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
+        assert second.metric("invalidator_gaps_total") == 1
+        assert "continuity lost" in second.log_path.read_text()
+        assert wait_until(lambda: "gap answered" in second.log_path.read_text(), timeout=15), (
+            second.log_tail()
+        )
+        continuity = status(second)["continuity"]
+        assert isinstance(continuity, dict)
+        assert (continuity["last_gap"], continuity["pending_gap"]) == ("slot_missing", None)
+        # Streaming goes on: a later change is invalidated as usual.
+        app.set("user:200", "cached")
+        users_db.execute("UPDATE users SET name = 'after' WHERE id = 200")
+        assert wait_gone(app, ["user:200"]) == []
+    finally:
+        second.stop()
+
+
+def test_a_restart_without_a_gap_flushes_nothing(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """The same slot on the same server: no gap, nothing flushed, nothing counted."""
+    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    for i in UNCHANGED:
+        app.set(f"user:{i}", "cached")
+    first.start()
+    try:
+        app.set("user:5", "cached")
+        users_db.execute("UPDATE users SET name = 'x' WHERE id = 5")
+        assert wait_gone(app, ["user:5"]) == []
+        assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
+        assert first.metric("invalidator_gaps_total") == 0
+    finally:
+        first.stop()
+
+
+def test_on_gap_refuse_stays_unready_with_the_reason_and_touches_nothing(
+    tmp_path: Path,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+    streamed_once: DaemonProcess,
+) -> None:
+    """on_gap: refuse: /readyz says why, no key is touched, status shows the pending gap;
+    a later start with on_gap: flush answers it."""
+    cache_and_change(app, users_db)
+    refusing = make_daemon(tmp_path, users_db, memcached, "refusing", on_gap="refuse")
+    try:
+        refusing.start(wait=False)
+        assert wait_until(
+            lambda: "continuity lost (slot_missing)" in readyz(refusing), timeout=20
+        ), refusing.log_tail()
+        assert refusing.get("/readyz")[0] == 503
+        time.sleep(0.5)
+        assert app.get("user:1") is not None  # nothing flushed, nothing deleted
+        continuity = status(refusing)["continuity"]
+        assert isinstance(continuity, dict)
+        assert continuity["pending_gap"] == "slot_missing"
+    finally:
+        refusing.stop()
+    answering = make_daemon(tmp_path, users_db, memcached, "answering")
+    try:
+        answering.start()
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+    finally:
+        answering.stop()

@@ -1,0 +1,110 @@
+"""When may changes have been missed? The continuity rule, and what answers a gap."""
+
+from __future__ import annotations
+
+from invalidator.config import parse_config
+from invalidator.config.build import compile_rules
+from invalidator.core.rules import RuleSet, gap_operations
+from invalidator.sources.continuity import (
+    NEW_TIMELINE,
+    OTHER_CLUSTER,
+    SLOT_LOST,
+    SLOT_MISSING,
+    Marker,
+    detect_gap,
+)
+from invalidator.sources.postgres import Server, SlotStatus
+
+SERVER = Server("7412345678901234567", 1)
+MARKER = Marker("7412345678901234567", 1, 0x1000)
+SLOT = SlotStatus("inval", exists=True, wal_status="reserved")
+MISSING = SlotStatus("inval", exists=False)
+
+
+def test_a_first_run_has_nothing_to_have_missed() -> None:
+    """No marker and no slot: a fresh install, not a gap."""
+    assert detect_gap(None, MISSING, SERVER) is None
+
+
+def test_a_slot_without_a_marker_is_trusted() -> None:
+    """A slot from before continuity was tracked carries on (its position is its own)."""
+    assert detect_gap(None, SLOT, SERVER) is None
+
+
+def test_an_invalidated_slot_is_a_gap_even_without_a_marker() -> None:
+    """wal_status lost: PostgreSQL removed WAL the slot still needed."""
+    lost = SlotStatus("inval", exists=True, wal_status="lost")
+    assert detect_gap(None, lost, SERVER) == SLOT_LOST
+    assert detect_gap(MARKER, lost, SERVER) == SLOT_LOST
+
+
+def test_the_same_server_and_slot_is_no_gap() -> None:
+    """The normal restart."""
+    assert detect_gap(MARKER, SLOT, SERVER) is None
+
+
+def test_a_missing_slot_after_a_marker_is_a_gap() -> None:
+    """The slot was dropped while the daemon was away."""
+    assert detect_gap(MARKER, MISSING, SERVER) == SLOT_MISSING
+
+
+def test_another_cluster_is_a_gap_whatever_the_slot() -> None:
+    """A DSN that now reaches another cluster: a slot there says nothing about ours."""
+    other = Server("7499999999999999999", 1)
+    assert detect_gap(MARKER, SLOT, other) == OTHER_CLUSTER
+    assert detect_gap(MARKER, MISSING, other) == OTHER_CLUSTER
+
+
+def test_a_promoted_standby_without_the_slot_is_a_gap() -> None:
+    """A newer timeline and no slot: the failover lost it."""
+    promoted = Server(SERVER.system_identifier, 2)
+    assert detect_gap(MARKER, MISSING, promoted) == NEW_TIMELINE
+
+
+def test_a_new_timeline_with_the_slot_kept_is_no_gap() -> None:
+    """A failover slot (PostgreSQL 17) came along: its position is still ours."""
+    promoted = Server(SERVER.system_identifier, 2)
+    assert detect_gap(MARKER, SLOT, promoted) is None
+
+
+def test_a_gap_not_yet_answered_stays_the_gap() -> None:
+    """A crash between finding a gap and answering it answers it on the next start."""
+    pending = Marker(SERVER.system_identifier, 1, 0x1000, pending_gap=SLOT_MISSING)
+    assert detect_gap(pending, SLOT, SERVER) == SLOT_MISSING
+
+
+def rules_for(pools: dict[str, object], rules: list[dict[str, object]]) -> RuleSet:
+    config = parse_config({"pools": pools, "rules": rules}, "test")
+    return compile_rules(config)
+
+
+POOLS = {
+    "default": {"servers": ["127.0.0.1:11211"]},
+    "counters": {"servers": ["127.0.0.1:11212"]},
+}
+RULES = [
+    {"table": "users", "keys": ["user:{id}"]},
+    {"table": "users", "keys": ["users:generation"], "action": "bump", "pool": "counters"},
+]
+
+
+def test_flush_empties_every_pool() -> None:
+    """on_gap: flush — one flush_all per pool."""
+    ops = gap_operations(rules_for(POOLS, RULES), ["default", "counters"], "flush", SLOT_MISSING)
+    assert [(op.op, op.pool) for op in ops] == [("flush", "default"), ("flush", "counters")]
+
+
+def test_bump_increments_counters_and_still_flushes_pools_with_other_rules() -> None:
+    """on_gap: bump — a counters-only pool is bumped; a pool of delete rules is flushed."""
+    ops = gap_operations(rules_for(POOLS, RULES), ["default", "counters"], "bump", SLOT_MISSING)
+    assert [(op.op, op.pool, op.key) for op in ops] == [
+        ("flush", "default", ""),
+        ("bump", "counters", "users:generation"),
+    ]
+
+
+def test_bump_flushes_a_pool_whose_counters_are_per_row() -> None:
+    """Per-row generation keys cannot be listed: that pool is emptied instead."""
+    rules = [{"table": "users", "keys": ["user:{id}:gen"], "action": "bump", "pool": "counters"}]
+    ops = gap_operations(rules_for(POOLS, rules), ["counters"], "bump", SLOT_MISSING)
+    assert [(op.op, op.pool) for op in ops] == [("flush", "counters")]
