@@ -324,8 +324,17 @@ class Admin:
             if status.plugin != PLUGIN:
                 raise SourceError(f"slot {slot} exists with plugin {status.plugin}, not {PLUGIN}")
             return False
+        # PostgreSQL 17+: a failover slot, which sync_replication_slots copies to standbys,
+        # so a promotion keeps it (and continuity finds no gap). Before 17 a failover loses
+        # the slot: continuity notices and on_gap answers.
+        failover = int(self.query("SHOW server_version_num")[0][0]) >= 170000
+        create = (
+            "SELECT pg_create_logical_replication_slot(%s, %s, false, false, true)"
+            if failover
+            else "SELECT pg_create_logical_replication_slot(%s, %s)"
+        )
         try:
-            self.query("SELECT pg_create_logical_replication_slot(%s, %s)", (slot, PLUGIN))
+            self.query(create, (slot, PLUGIN))
         except SourceError as exc:
             if "already exists" in str(exc):
                 return False  # another replica created it first

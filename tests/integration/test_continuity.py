@@ -165,3 +165,50 @@ def test_on_gap_refuse_stays_unready_with_the_reason_and_touches_nothing(
         assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
     finally:
         answering.stop()
+
+
+def test_a_slot_invalidated_by_max_slot_wal_keep_size_flushes_the_pools(
+    tmp_path: Path,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+) -> None:
+    """PostgreSQL removes WAL the stopped daemon's slot still needed (wal_status lost): the
+    slot can never stream again; the daemon drops it, creates it afresh and flushes."""
+    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    cache_and_change(app, users_db)
+    cluster = users_db.cluster
+    try:
+        cluster.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        cluster.execute("SELECT pg_reload_conf()")
+        users_db.execute("CREATE TABLE filler (payload text)")
+        for _ in range(8):  # well past a few 16 MB segments, each followed by a checkpoint
+            users_db.execute(
+                "INSERT INTO filler SELECT repeat(md5(i::text), 64)"
+                " FROM generate_series(1, 20000) i"
+            )
+            cluster.execute("SELECT pg_switch_wal()")
+            cluster.execute("CHECKPOINT")
+            state = users_db.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'gapped'"
+            )
+            if state == [("lost",)]:
+                break
+        assert state == [("lost",)], state
+    finally:
+        cluster.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        cluster.execute("SELECT pg_reload_conf()")
+    second = make_daemon(tmp_path, users_db, memcached, "second")
+    try:
+        second.start()
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+        assert second.metric("invalidator_gaps_total") == 1
+        assert "slot_lost" in second.log_path.read_text()
+        app.set("user:300", "cached")
+        users_db.execute("UPDATE users SET name = 'after' WHERE id = 300")
+        assert wait_gone(app, ["user:300"]) == []
+    finally:
+        second.stop()
+        first.stop()

@@ -12,11 +12,17 @@ def parse_server(server: str) -> tuple[str, int]:
         raise ValueError("empty server")
     if server.startswith(("unix:", "/")):
         raise ValueError("unix sockets are not supported")
+    if "://" in server:
+        raise ValueError(f"{server!r}: write host:port, without a scheme")
+    if any(ch.isspace() for ch in server):
+        raise ValueError(f"{server!r}: a server is host:port, with no spaces")
     if ":" not in server or server.endswith("]"):
         host, port_text = server, str(DEFAULT_PORT)
     else:
         host, port_text = server.rsplit(":", 1)
     host = host.strip("[]") if host.startswith("[") else host
+    if "/" in host or "[" in host or "]" in host:
+        raise ValueError(f"bad server {server!r} (expected host:port)")
     try:
         port = int(port_text)
     except ValueError:
