@@ -262,6 +262,7 @@ class PostgresCluster:
         tls: bool = False,
     ):
         self.tls = tls
+        self._ca: Any = None  # the trustme.CA of a tls=True cluster
         self._bindir_override = Path(bindir) if bindir is not None else None
         self._bindir: Path | None = None
         self._run_as_name = run_as
@@ -339,6 +340,20 @@ class PostgresCluster:
             )
         return url
 
+    def issue_client_cert(self, user: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """A client certificate for ``user`` signed by this cluster's CA (the server asks
+        for one: ``ssl_ca_file``): ``(cert, key)`` PEM files written to ``directory``, the
+        key with mode 0600 as libpq requires; for ``sslcert``/``sslkey``."""
+        if self._ca is None:
+            raise ServiceError("PostgreSQL cluster was not started with tls=True")
+        cert = self._ca.issue_cert(user, common_name=user)
+        cert_file, key_file = Path(directory) / f"{user}.crt", Path(directory) / f"{user}.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        key_file.touch(mode=0o600)
+        os.chmod(key_file, 0o600)
+        cert.private_key_pem.write_to_path(str(key_file))
+        return cert_file, key_file
+
     def tls_dsn(
         self,
         dbname: str = "postgres",
@@ -348,9 +363,11 @@ class PostgresCluster:
         password: str | None = None,
         sslrootcert: str | os.PathLike[str] | None = None,
         sslmode: str = "verify-full",
+        **params: str | os.PathLike[str],
     ) -> str:
         """A DSN that verifies this ``tls=True`` cluster's certificate (``verify-full``
-        against ``ca_file`` unless another ``sslrootcert`` is given)."""
+        against ``ca_file`` unless another ``sslrootcert`` is given); ``params`` adds libpq
+        parameters (``sslcert``, ``sslkey``, ...)."""
         return self.dsn(
             dbname,
             user,
@@ -358,6 +375,7 @@ class PostgresCluster:
             host=host,
             sslmode=sslmode,
             sslrootcert=sslrootcert if sslrootcert is not None else self.ca_file,
+            **params,
         )
 
     def bin(self, name: str) -> str:
@@ -543,7 +561,7 @@ class PostgresCluster:
 
         tls = self.tls_dir
         tls.mkdir(mode=0o755)
-        ca = trustme.CA()
+        ca = self._ca = trustme.CA()
         cert = ca.issue_cert("localhost", LOCALHOST)
         ca.cert_pem.write_to_path(str(tls / "ca.crt"))
         # The leaf, then the CA: the server sends the whole chain.

@@ -48,10 +48,11 @@ def server_of(dsn: str) -> str | None:
 
 def source_error(what: str, exc: BaseException, dsn: str | None = None) -> SourceError:
     """A one-line, password-free error for a psycopg failure. With ``dsn``, the server is
-    named (``host:port``) unless libpq's text already names it."""
+    named as configured (``host:port``): libpq's own text names it only for some failures,
+    and then by the address psycopg resolved, not the name the operator gave."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     server = server_of(dsn) if dsn is not None else None
-    if server is not None and 'server at "' not in text:
+    if server is not None:
         what = f"{what} ({server})"
     return SourceError(redact(f"{what}: {text}"))
 

@@ -43,16 +43,23 @@ def test_error_without_the_server_gets_it_from_the_dsn() -> None:
     assert "hunter2" not in text and "/etc/invalidator" not in text
 
 
-def test_libpq_text_naming_the_server_is_kept_as_is() -> None:
-    """libpq's connection errors name the server themselves: not named twice; one line."""
+def test_server_is_named_as_configured_beside_libpqs_address() -> None:
+    """libpq names the address it reached (psycopg resolved the name); the message also
+    names the server as the DSN gives it. One line."""
     exc = psycopg.OperationalError(
-        'connection failed: connection to server at "127.0.0.1", port 6432 failed:'
+        'connection failed: connection to server at "10.0.0.7", port 6432 failed:'
         " SSL error: certificate verify failed\n"
     )
     assert str(source_error("cannot open replication connection", exc, TLS_DSN)) == (
-        "cannot open replication connection: connection failed: connection to server at"
-        ' "127.0.0.1", port 6432 failed: SSL error: certificate verify failed'
+        "cannot open replication connection (db.example:6432): connection failed: connection"
+        ' to server at "10.0.0.7", port 6432 failed: SSL error: certificate verify failed'
     )
+
+
+def test_without_a_dsn_the_text_is_unchanged() -> None:
+    """Callers without a DSN get the former message."""
+    exc = psycopg.OperationalError("boom\n  again")
+    assert str(source_error("warm query failed", exc)) == "warm query failed: boom again"
 
 
 def test_password_in_the_error_text_is_redacted() -> None:
