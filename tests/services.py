@@ -246,9 +246,23 @@ class PostgresCluster:
 
     >>> with PostgresCluster() as pg:
     ...     pg.execute("SELECT 1")
+
+    ``tls=True`` starts it with ``ssl = on``: a test CA (``trustme``) signs a server
+    certificate for ``localhost`` and ``127.0.0.1`` (``ca_file`` is the CA's certificate for
+    clients' ``sslrootcert``), and pg_hba accepts TCP connections only over TLS (``hostssl``;
+    ``hostnossl`` is rejected), so whatever connects has proved it speaks TLS. The harness's
+    own connections use libpq's default ``sslmode=prefer``.
     """
 
-    def __init__(self, *, bindir: str | os.PathLike[str] | None = None, run_as: str | None = None):
+    def __init__(
+        self,
+        *,
+        bindir: str | os.PathLike[str] | None = None,
+        run_as: str | None = None,
+        tls: bool = False,
+    ):
+        self.tls = tls
+        self._ca: Any = None  # the trustme.CA of a tls=True cluster
         self._bindir_override = Path(bindir) if bindir is not None else None
         self._bindir: Path | None = None
         self._run_as_name = run_as
@@ -285,10 +299,83 @@ class PostgresCluster:
     def log_file(self) -> Path:
         return self._dir() / "postgres.log"
 
-    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
-        """A ``postgresql://`` URL reaching this cluster over TCP on 127.0.0.1."""
-        return (
-            f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname, safe='')}"
+    @property
+    def tls_dir(self) -> Path:
+        """Where a ``tls=True`` cluster keeps ``ca.crt``, ``server.crt`` and ``server.key``."""
+        return self._dir() / "tls"
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA's certificate (PEM) that signed the server's: clients' sslrootcert."""
+        if not self.tls:
+            raise ServiceError("PostgreSQL cluster was not started with tls=True")
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def server_key_file(self) -> Path:
+        """The server's private key (PEM; owned by the server user, mode 0600)."""
+        if not self.tls:
+            raise ServiceError("PostgreSQL cluster was not started with tls=True")
+        return self.tls_dir / "server.key"
+
+    def dsn(
+        self,
+        dbname: str = "postgres",
+        user: str = "postgres",
+        *,
+        password: str | None = None,
+        host: str | None = None,
+        **params: str | os.PathLike[str],
+    ) -> str:
+        """A ``postgresql://`` URL reaching this cluster over TCP on 127.0.0.1 (or ``host``,
+        e.g. ``localhost``), with ``password`` and libpq ``params`` (``sslmode``,
+        ``sslrootcert``, ...) when given."""
+        auth = quote(user, safe="")
+        if password is not None:
+            auth += ":" + quote(password, safe="")
+        url = f"postgresql://{auth}@{host or self.host}:{self.port}/{quote(dbname, safe='')}"
+        if params:
+            url += "?" + "&".join(
+                f"{name}={quote(os.fspath(value), safe='/')}" for name, value in params.items()
+            )
+        return url
+
+    def issue_client_cert(self, user: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+        """A client certificate for ``user`` signed by this cluster's CA (the server asks
+        for one: ``ssl_ca_file``): ``(cert, key)`` PEM files written to ``directory``, the
+        key with mode 0600 as libpq requires; for ``sslcert``/``sslkey``."""
+        if self._ca is None:
+            raise ServiceError("PostgreSQL cluster was not started with tls=True")
+        cert = self._ca.issue_cert(user, common_name=user)
+        cert_file, key_file = Path(directory) / f"{user}.crt", Path(directory) / f"{user}.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        key_file.touch(mode=0o600)
+        os.chmod(key_file, 0o600)
+        cert.private_key_pem.write_to_path(str(key_file))
+        return cert_file, key_file
+
+    def tls_dsn(
+        self,
+        dbname: str = "postgres",
+        user: str = "postgres",
+        *,
+        host: str = "localhost",
+        password: str | None = None,
+        sslrootcert: str | os.PathLike[str] | None = None,
+        sslmode: str = "verify-full",
+        **params: str | os.PathLike[str],
+    ) -> str:
+        """A DSN that verifies this ``tls=True`` cluster's certificate (``verify-full``
+        against ``ca_file`` unless another ``sslrootcert`` is given); ``params`` adds libpq
+        parameters (``sslcert``, ``sslkey``, ...)."""
+        return self.dsn(
+            dbname,
+            user,
+            password=password,
+            host=host,
+            sslmode=sslmode,
+            sslrootcert=sslrootcert if sslrootcert is not None else self.ca_file,
+            **params,
         )
 
     def bin(self, name: str) -> str:
@@ -366,6 +453,8 @@ class PostgresCluster:
         _track(self)
         self._base = self._make_base_dir()
         self._initdb()
+        if self.tls:
+            self._make_certificates()
         self._configure_hba()
         last_error: ServiceError | None = None
         for _attempt in range(3):
@@ -465,8 +554,29 @@ class PostgresCluster:
                 )
             )
 
+    def _make_certificates(self) -> None:
+        """A test CA and a server certificate for localhost and 127.0.0.1 in ``tls_dir``;
+        the key owned by the server user with mode 0600 (PostgreSQL refuses it otherwise)."""
+        import trustme
+
+        tls = self.tls_dir
+        tls.mkdir(mode=0o755)
+        ca = self._ca = trustme.CA()
+        cert = ca.issue_cert("localhost", LOCALHOST)
+        ca.cert_pem.write_to_path(str(tls / "ca.crt"))
+        # The leaf, then the CA: the server sends the whole chain.
+        (tls / "server.crt").write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        key = tls / "server.key"
+        key.touch(mode=0o600)
+        os.chmod(key, 0o600)
+        cert.private_key_pem.write_to_path(str(key))
+        if self._run_as is not None:
+            for path in (tls, tls / "ca.crt", tls / "server.crt", key):
+                os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
+
     def _configure_hba(self) -> None:
-        """Make sure TCP connections from 127.0.0.1 (normal and replication) are trusted."""
+        """Make sure TCP connections from 127.0.0.1 (normal and replication) are trusted;
+        with ``tls``, only over TLS (``hostssl``) and plaintext ones rejected."""
         hba = self.data_dir / "pg_hba.conf"
         text = hba.read_text()
         active = {
@@ -478,6 +588,14 @@ class PostgresCluster:
             ("host", "replication", "all", "127.0.0.1/32", "trust"),
             ("host", "all", "all", "127.0.0.1/32", "trust"),
         ]
+        if self.tls:
+            # The first matching line wins: TLS connections are trusted, plaintext refused.
+            wanted = [
+                ("hostssl", "replication", "all", "127.0.0.1/32", "trust"),
+                ("hostssl", "all", "all", "127.0.0.1/32", "trust"),
+                ("hostnossl", "replication", "all", "127.0.0.1/32", "reject"),
+                ("hostnossl", "all", "all", "127.0.0.1/32", "reject"),
+            ]
         missing = [entry for entry in wanted if entry not in active]
         if missing:
             # Prepend: the first matching line wins in pg_hba.conf.
@@ -500,6 +618,13 @@ class PostgresCluster:
             "shared_buffers": "128MB",
             "timezone": "UTC",
         }
+        if self.tls:
+            settings |= {
+                "ssl": "on",
+                "ssl_cert_file": str(self.tls_dir / "server.crt"),
+                "ssl_key_file": str(self.tls_dir / "server.key"),
+                "ssl_ca_file": str(self.tls_dir / "ca.crt"),
+            }
         options: list[str] = []
         for name, value in settings.items():
             options += ["-c", f"{name}={value}"]

@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     install_signal_handlers(supervisor, log)
     server = None
-    if config.http.listen:
+    if config.http.enabled:
         try:
             server = HttpServer(config.http.listen, metrics, health)
         except OSError as exc:

@@ -58,7 +58,7 @@ def warm(
                     _warm_one(conn, sink, entry, entry.name or f"warm[{i}]", progress, clock)
                 )
     except psycopg.Error as exc:
-        raise source_error("warm query failed", exc) from None
+        raise source_error("warm query failed", exc, config.source.dsn.get_secret_value()) from None
     finally:
         sink.close()
     return results

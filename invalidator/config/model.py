@@ -153,14 +153,26 @@ class WarmConfig(StrictModel):
         return self
 
 
+HTTP_OFF = "off"
+
+
 class HttpConfig(StrictModel):
+    """``listen``: ``host:port`` of ``/metrics``, ``/healthz``, ``/readyz``, or ``off`` for
+    no HTTP server at all (no port opened)."""
+
     listen: str = "0.0.0.0:9464"
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
+        if value.strip().lower() == HTTP_OFF:
+            return HTTP_OFF
         parse_server(value)
         return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen != HTTP_OFF
 
 
 class LogConfig(StrictModel):

@@ -34,7 +34,7 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as exc:
-        raise source_error("cannot connect to PostgreSQL", exc) from None
+        raise source_error("cannot connect to PostgreSQL", exc, dsn) from None
 
 
 class NotifySource:

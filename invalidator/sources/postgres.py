@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from invalidator.core.changes import int_to_lsn, lsn_to_int
@@ -30,9 +31,29 @@ CONNECT_TIMEOUT = 10
 SESSION_OPTIONS = "-c TimeZone=UTC"
 
 
-def source_error(what: str, exc: BaseException) -> SourceError:
-    """A one-line, password-free error for a psycopg failure."""
+def server_of(dsn: str) -> str | None:
+    """``host:port`` (comma-separated for several hosts) the DSN reaches, for messages;
+    None when the DSN cannot be parsed. Only ``host``/``hostaddr`` and ``port`` are read:
+    never the password or any other parameter."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return None
+    hosts = str(params.get("host") or params.get("hostaddr") or "localhost").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=False))
+
+
+def source_error(what: str, exc: BaseException, dsn: str | None = None) -> SourceError:
+    """A one-line, password-free error for a psycopg failure. With ``dsn``, the server is
+    named as configured (``host:port``): libpq's own text names it only for some failures,
+    and then by the address psycopg resolved, not the name the operator gave."""
     text = " ".join(str(exc).split()) or type(exc).__name__
+    server = server_of(dsn) if dsn is not None else None
+    if server is not None:
+        what = f"{what} ({server})"
     return SourceError(redact(f"{what}: {text}"))
 
 
@@ -88,7 +109,7 @@ class ReplicationStream:
                 options=SESSION_OPTIONS,
             )
         except psycopg.Error as exc:
-            raise source_error("cannot open replication connection", exc) from None
+            raise source_error("cannot open replication connection", exc, self.dsn) from None
         if self.on_notice is not None:
             handler = self.on_notice
             self.conn.add_notice_handler(
@@ -103,7 +124,7 @@ class ReplicationStream:
             self.conn.execute(command)
         except psycopg.Error as exc:
             self.close()
-            error = source_error(f"cannot start replication on slot {self.slot}", exc)
+            error = source_error(f"cannot start replication on slot {self.slot}", exc, self.dsn)
             if "is active for PID" in str(exc):
                 raise SlotBusyError(str(error)) from None
             raise error from None
@@ -138,9 +159,12 @@ class ReplicationStream:
                     continue
                 result = pg.get_result()
                 detail = result.error_message.decode(errors="replace") if result is not None else ""
-                raise SourceError(redact(f"replication stream ended: {detail.strip()}"))
+                server = server_of(self.dsn)
+                where = f" ({server})" if server is not None else ""
+                detail = " ".join(detail.split())
+                raise SourceError(redact(f"replication stream ended{where}: {detail}"))
         except psycopg.Error as exc:
-            raise source_error("replication connection failed", exc) from None
+            raise source_error("replication connection failed", exc, self.dsn) from None
         return messages
 
     def send_status(self, flush: int, *, reply: bool = False) -> None:
@@ -150,7 +174,7 @@ class ReplicationStream:
             pg.put_copy_data(standby_status(flush, reply=reply))
             pg.flush()
         except psycopg.Error as exc:
-            raise source_error("cannot send status to PostgreSQL", exc) from None
+            raise source_error("cannot send status to PostgreSQL", exc, self.dsn) from None
 
     def close(self) -> None:
         if self.conn is not None:
@@ -196,7 +220,7 @@ class WalPosition(_LazyConnection):
             row = self.connection().execute("SELECT pg_current_wal_lsn()::text").fetchone()
         except psycopg.Error as exc:
             self.close()
-            raise source_error("cannot read the WAL position", exc) from None
+            raise source_error("cannot read the WAL position", exc, self.dsn) from None
         assert row is not None
         return lsn_to_int(row[0])
 
@@ -214,7 +238,7 @@ class ValueQueries(_LazyConnection):
             result = self.connection().execute(query, dict(row)).fetchone()
         except psycopg.Error as exc:
             self.close()
-            raise source_error("refresh value query failed", exc) from None
+            raise source_error("refresh value query failed", exc, self.dsn) from None
         if result is None:
             return None
         return json.dumps(result, default=json_default).encode()
@@ -266,7 +290,7 @@ class Admin:
                 self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, options=SESSION_OPTIONS
             )
         except psycopg.Error as exc:
-            raise source_error("cannot connect to PostgreSQL", exc) from None
+            raise source_error("cannot connect to PostgreSQL", exc, self.dsn) from None
         try:
             yield conn
         except psycopg.Error as exc:

@@ -182,3 +182,18 @@ def test_truncate_policy_needs_truncate_in_on(tmp_path: Path) -> None:
         f"{path}: rules[1] (table public.products): 'truncate' applies to truncates but "
         "'on' has no 'truncate'"
     )
+
+
+@pytest.mark.parametrize("listen", ["off", "OFF", "'off'"])
+def test_http_listen_off_turns_the_server_off(tmp_path: Path, listen: str) -> None:
+    """`http: {listen: off}` (a word, not a YAML boolean; any case): no HTTP server."""
+    config = load_config(write(tmp_path, VALID + f"http:\n  listen: {listen}\n"))
+    assert (config.http.listen, config.http.enabled) == ("off", False)
+
+
+def test_http_listen_address_keeps_the_server_on(tmp_path: Path) -> None:
+    """The default and a loopback address serve HTTP; a malformed one is a config error."""
+    assert load_config(write(tmp_path, VALID)).http.enabled
+    on = load_config(write(tmp_path, VALID + "http:\n  listen: 127.0.0.1:9464\n"))
+    assert (on.http.listen, on.http.enabled) == ("127.0.0.1:9464", True)
+    assert "http.listen" in error_of(write(tmp_path, VALID + "http:\n  listen: ':x'\n"))

@@ -70,6 +70,7 @@ OVERRIDES: list[tuple[str, str, Callable[[Config], Any], Any]] = [
     ),
     ("INVALIDATOR_SLOT", "other_slot", lambda c: c.source.slot, "other_slot"),
     ("INVALIDATOR_HTTP_LISTEN", "127.0.0.1:9999", lambda c: c.http.listen, "127.0.0.1:9999"),
+    ("INVALIDATOR_HTTP_LISTEN", "off", lambda c: (c.http.listen, c.http.enabled), ("off", False)),
     ("INVALIDATOR_LOG_FORMAT", "console", lambda c: c.log.format, "console"),
     ("INVALIDATOR_LOG_LEVEL", "debug", lambda c: c.log.level, "debug"),
 ]

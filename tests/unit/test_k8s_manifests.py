@@ -229,14 +229,36 @@ def dashboard_exprs() -> list[str]:
 
 
 @pytest.fixture
-def pod_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The invalidator container's environment, the Secret's DSN replaced by a placeholder."""
+def pod_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The invalidator container's environment, the DSN file being the example Secret's
+    ``dsn`` written where the test can read it."""
     for name in SPEC_ENV:
         monkeypatch.delenv(name, raising=False)
     c = container(find("Deployment", "invalidator"), "invalidator")
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(secret_example("invalidator-db")["stringData"]["dsn"] + "\n")
     for entry in c["env"]:
         value = entry.get("value", "postgresql://invalidator@db.example:5432/app")
+        if entry["name"] == "INVALIDATOR_DSN_FILE":
+            value = str(dsn_file)
         monkeypatch.setenv(entry["name"], value)
+
+
+def secret_example(name: str) -> dict[str, Any]:
+    return find("Secret", name, SECRET_EXAMPLE)
+
+
+def mounted_file(workload: dict[str, Any], c: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume mounted (read-only asserted) at ``path``'s directory, and that it projects
+    exactly the file ``path``'s name: returns ``{volume, mount, key}``."""
+    file = PurePosixPath(path)
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(file.parent)]
+    assert mount.get("readOnly") is True, (doc_id(workload), mount)
+    assert "subPath" not in mount
+    (volume,) = [v for v in pod_template(workload)["spec"]["volumes"] if v["name"] == mount["name"]]
+    source = volume.get("secret") or volume.get("configMap") or {}
+    (key,) = [item["key"] for item in source.get("items", []) if item["path"] == file.name]
+    return {"volume": volume, "mount": mount, "key": key}
 
 
 # -- schemas ------------------------------------------------------------------------------
@@ -371,7 +393,8 @@ def test_invalidator_env_names_are_specs() -> None:
     for workload, c in invalidator_containers():
         names = {e["name"] for e in c.get("env", [])}
         assert names <= SPEC_ENV, (doc_id(workload), names - SPEC_ENV)
-        assert {"INVALIDATOR_CONFIG", "INVALIDATOR_DSN", "INVALIDATOR_LOG_FORMAT"} <= names
+        assert {"INVALIDATOR_CONFIG", "INVALIDATOR_DSN_FILE", "INVALIDATOR_LOG_FORMAT"} <= names
+        assert "INVALIDATOR_DSN" not in names  # the file, not the environment
 
 
 def test_no_service_links_inject_invalidator_variables() -> None:
@@ -380,13 +403,60 @@ def test_no_service_links_inject_invalidator_variables() -> None:
         assert pod_template(workload)["spec"]["enableServiceLinks"] is False, doc_id(workload)
 
 
-def test_dsn_comes_from_the_secret() -> None:
-    """INVALIDATOR_DSN is read from Secret invalidator-db, key dsn, which the example defines."""
-    (secret,) = SECRET_EXAMPLE
+@pytest.mark.parametrize("workload", [w for w, _ in invalidator_containers()], ids=doc_id)
+def test_dsn_is_the_secret_mounted_read_only_as_a_file(workload: dict[str, Any]) -> None:
+    """INVALIDATOR_DSN_FILE names the file that Secret invalidator-db's key dsn becomes,
+    mounted read-only, readable by the container's group only (fsGroup, mode 0440)."""
+    (c,) = [c for w, c in invalidator_containers() if w is workload]
+    path = env_value(c, "INVALIDATOR_DSN_FILE")["value"]
+    found = mounted_file(workload, c, path)
+    secret = found["volume"]["secret"]
+    assert (secret["secretName"], found["key"]) == ("invalidator-db", "dsn")
+    assert secret.get("optional", False) is False  # no DSN, no start: never a silent default
+    assert "dsn" in secret_example("invalidator-db")["stringData"]
+    mode = secret["defaultMode"]
+    assert mode & 0o007 == 0 and mode & 0o040, oct(mode)  # group-readable, not world
+    pod = pod_template(workload)["spec"]["securityContext"]
+    assert pod["fsGroup"] == pod["runAsGroup"]
+
+
+def env_texts(c: dict[str, Any]) -> Iterator[str]:
+    for entry in c.get("env", []):
+        yield entry["name"] + "=" + json.dumps(entry.get("value", ""))
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            yield f"{entry['name']} from secret {ref['name']}/{ref['key']}"
+    for source in c.get("envFrom", []):
+        yield json.dumps(source)
+
+
+@pytest.mark.parametrize("workload", workloads(), ids=doc_id)
+def test_no_dsn_in_any_environment(workload: dict[str, Any]) -> None:
+    """No container's environment holds a DSN, a password, or the DSN Secret: no literal
+    connection string, no secretKeyRef/envFrom of invalidator-db."""
+    for c in containers(workload):
+        for text in env_texts(c):
+            assert not re.search(r"postgres(ql)?://|password|invalidator-db", text, re.I), (
+                doc_id(workload),
+                c["name"],
+                text,
+            )
+
+
+def test_example_dsn_verifies_postgresqls_certificate_with_the_mounted_ca() -> None:
+    """The Secret's example DSN is verify-full TLS whose sslrootcert is the file that the
+    CA bundle Secret (invalidator-pg-ca, key ca.crt) becomes in every invalidator pod."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(secret_example("invalidator-db")["stringData"]["dsn"])
+    assert params["sslmode"] == "verify-full"
+    assert params["sslrootcert"] == "/etc/invalidator/pg-ca/ca.crt"
+    assert params["password"] == "REPLACE-ME"
+    assert "BEGIN CERTIFICATE" in secret_example("invalidator-pg-ca")["stringData"]["ca.crt"]
     for workload, c in invalidator_containers():
-        ref = env_value(c, "INVALIDATOR_DSN")["valueFrom"]["secretKeyRef"]
-        assert (ref["name"], ref["key"]) == (secret["metadata"]["name"], "dsn"), doc_id(workload)
-    assert "REPLACE-ME" in secret["stringData"]["dsn"]
+        found = mounted_file(workload, c, str(params["sslrootcert"]))
+        secret = found["volume"]["secret"]
+        assert (secret["secretName"], found["key"]) == ("invalidator-pg-ca", "ca.crt")
 
 
 def test_log_format_is_json() -> None:
