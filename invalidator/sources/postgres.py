@@ -337,7 +337,7 @@ class Admin:
             ) as conn:
                 row = conn.execute("IDENTIFY_SYSTEM").fetchone()
         except psycopg.Error as exc:
-            raise source_error("cannot identify the server", exc) from None
+            raise source_error("cannot identify the server", exc, self.dsn) from None
         assert row is not None
         return Server(str(row[0]), int(row[1]))
 
