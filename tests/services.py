@@ -1028,10 +1028,13 @@ class MemcachedNode:
 
     def _command(self, command: bytes, timeout: float = 2.0) -> bytes:
         """Send one text-protocol command, return its first response line."""
-        with socket.create_connection((self.host, self.port), timeout=timeout) as raw:
-            sock = raw
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(
+                socket.create_connection((self.host, self.port), timeout=timeout)
+            )
             if self.tls is not None:
-                sock = self.tls.client_context().wrap_socket(raw, server_hostname=self.host)
+                context = self.tls.client_context()
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.host))
             sock.sendall(command)
             data = b""
             while not data.endswith(b"\r\n"):
