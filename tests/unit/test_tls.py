@@ -125,7 +125,7 @@ class Server:
                 raw, _ = self.listener.accept()
                 self.handshake.wait(10)
                 self.conn = self.context.wrap_socket(raw, server_side=True)
-            except BaseException as exc:  # noqa: BLE001 - reported by the test
+            except BaseException as exc:
                 self.error = exc
             finally:
                 self.done.set()
