@@ -16,11 +16,19 @@ import pytest
 import trustme
 
 from invalidator.config import parse_config
+from invalidator.config.build import node_addresses, static_router
 from invalidator.config.env import EnvOverrides
 from invalidator.config.pools import TlsConfig
 from invalidator.errors import ConfigError
 from invalidator.sinks.memcached.channel import NodeChannel
-from invalidator.sinks.memcached.tls import TlsConnector, TlsTransport, node_connectors
+from invalidator.sinks.memcached.connector import PLAIN
+from invalidator.sinks.memcached.nodeset import NodeSet
+from invalidator.sinks.memcached.tls import (
+    TlsConnector,
+    TlsTransport,
+    node_connectors,
+    pool_connectors,
+)
 
 RULES = [{"table": "users", "keys": ["user:{id}"]}]
 
@@ -329,3 +337,32 @@ def test_changed_files_rebuild_the_context_for_new_connections_only(
     now[0] = 7.5
     assert connector.current() is not second and connector.reloads == 2
     assert events[0] == ("reloaded", None) and events[-1] == ("reloaded", None)
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def test_each_pool_s_nodes_get_that_pool_s_connector_static_and_discovered(
+    ca_file: Path,
+) -> None:
+    """NodeSet gives a node its pool's connector, also for nodes a discovered pool adds
+    later (Membership calls ensure with the pool)."""
+    loaded = config(
+        {
+            "secure": {"servers": ["a:1"], "tls": {"ca_file": str(ca_file)}},
+            "default": {"servers": ["b:1"]},
+        }
+    )
+    connectors = pool_connectors(loaded)
+    nodes = NodeSet(
+        static_router(loaded).placements,
+        node_addresses(loaded),
+        max_queue={"secure": 100, "default": 100},
+        on_error=lambda node, reason: None,
+        on_event=lambda node, event, count, message: None,
+        connectors=connectors,
+    )
+    assert isinstance(nodes.channels["a:1"].connector, TlsConnector)
+    assert nodes.channels["b:1"].connector is PLAIN
+    nodes.ensure("c:1", ("c", 1), 100, "secure")  # a discovered member of "secure"
+    assert nodes.channels["c:1"].connector is connectors["secure"]
