@@ -37,6 +37,7 @@ from tests.daemon_process import DaemonError, write_config  # noqa: E402
 from tests.services import (  # noqa: E402
     MemcachedPool,
     PostgresCluster,
+    TlsFiles,
     clean_env,
     exit_on_sigterm,
     free_port,
@@ -262,6 +263,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
         workdir: Path,
         create_slot: bool = True,
         drain_timeout: float = 5.0,
+        tls: dict[str, str] | None = None,
     ):
         port = free_port()
         config = write_config(
@@ -271,7 +273,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
             servers=servers,
             rules=rules,
             port=port,
-            pool={"hashing": "rendezvous"},
+            pool={"hashing": "rendezvous", **({"tls": tls} if tls else {})},
             log_level="warning",
             kind="wal2json",
             create_slot=create_slot,
@@ -319,9 +321,11 @@ class Bench:
     every replication slot is dropped, then memcached and PostgreSQL are stopped.
     """
 
-    def __init__(self, memcached_nodes: int = 3):
+    def __init__(self, memcached_nodes: int = 3, *, tls: bool = False):
         self.cluster = PostgresCluster()
-        self.pool = MemcachedPool(memcached_nodes)
+        # tls: the nodes speak TLS only (memcached -Z) and the daemon's pool has ``tls``.
+        self.tls = TlsFiles() if tls else None
+        self.pool = MemcachedPool(memcached_nodes, tls=self.tls)
         self._stack = contextlib.ExitStack()
         self.workdir = Path(".")
 
@@ -332,6 +336,8 @@ class Bench:
             tmp = tempfile.TemporaryDirectory(prefix="pgci-bench-")
             stack.callback(tmp.cleanup)
             self.workdir = Path(tmp.name)
+            if self.tls is not None:
+                stack.callback(self.tls.cleanup)
             stack.callback(self.cluster.stop)
             self.cluster.start()
             stack.callback(self.pool.stop)
@@ -372,6 +378,7 @@ class Bench:
             rules=rules,
             workdir=self.workdir,
             create_slot=create_slot,
+            tls=self.tls.pool_tls() if self.tls is not None else None,
         )
         self.defer(proc.stop)
         return proc

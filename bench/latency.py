@@ -20,7 +20,10 @@ same load runs again while ``pg_recvlogical`` streams a second slot (same wal2js
 to a pipe that this script reads, timestamping each chunk: the sample is commit returned ->
 the changed row's line received. The daemon then restarts on its slot and catches up.
 Figures only, never assertions.
+With ``--tls`` the memcached nodes speak TLS only (``-Z``), the daemon's pool has ``tls`` and the
+probe's clients use the test CA.
 Usage: python bench/latency.py [--samples 500] [--rates 5000,10000,20000] [--load-seconds 20]
+       [--tls]
 """
 
 from __future__ import annotations
@@ -86,12 +89,22 @@ POLL_BACKOFF_MAX = 0.002
 class Probe:
     """The cache-aside app (HashClient) plus one waiting, TCP_NODELAY client per node."""
 
-    def __init__(self, servers: list[str], conn: psycopg.Connection[Any], poll_interval: float):
-        self.app = HashClient(servers, no_delay=True, default_noreply=False)
+    def __init__(
+        self,
+        servers: list[str],
+        conn: psycopg.Connection[Any],
+        poll_interval: float,
+        tls_context: Any = None,
+    ):
+        self.app = HashClient(
+            servers, no_delay=True, default_noreply=False, tls_context=tls_context
+        )
         self.direct: dict[str, Client] = {}
         for server in servers:
             host, port = server.rsplit(":", 1)
-            self.direct[server] = Client((host, int(port)), no_delay=True, default_noreply=False)
+            self.direct[server] = Client(
+                (host, int(port)), no_delay=True, default_noreply=False, tls_context=tls_context
+            )
         self.conn = conn
         self.poll_interval = poll_interval
         self.counter = 0
@@ -281,7 +294,8 @@ class Run:
         self.watch = bench.connect()
         bench.defer(self.conn.close)
         bench.defer(self.watch.close)
-        self.probe = Probe(bench.pool.servers, self.conn, args.poll_us / 1000000.0)
+        tls = bench.tls.client_context() if bench.tls is not None else None
+        self.probe = Probe(bench.pool.servers, self.conn, args.poll_us / 1000000.0, tls)
         bench.defer(self.probe.close)
         self.ready_times: list[float] = []
         self.others = ForeignCpu()  # other suites on the same cores, per phase
@@ -440,10 +454,13 @@ def main() -> None:
         help="minimum sleep between polls (0: back to back for 1 ms)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument(
+        "--tls", action="store_true", help="memcached -Z nodes, pool tls (the probe too)"
+    )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
 
-    with Bench() as bench:
+    with Bench(tls=args.tls) as bench:
         cluster = bench.cluster
         machine = machine_lines(cluster)
         for text in machine:

@@ -11,7 +11,9 @@ nobody reads. Then each round times
   delete of every transaction acknowledged by memcached.
 
 Rounds alternate which one goes first (``--repeat``). Figures only, never assertions.
+With ``--tls`` the memcached nodes speak TLS only (``-Z``) and the daemon's pool has ``tls``.
 Usage: python bench/throughput.py [--rows 200000] [--txns 200] [--txn-rows 1000] [--repeat 1]
+       [--tls]
 """
 
 from __future__ import annotations
@@ -154,9 +156,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (alternating order)")
     parser.add_argument("--timeout", type=float, default=300.0, help="per daemon drain")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--tls", action="store_true", help="memcached -Z nodes, pool tls")
     args = parser.parse_args()
 
-    with Bench() as bench:
+    with Bench(tls=args.tls) as bench:
         machine = machine_lines(bench.cluster)
         for text in machine:
             print(text)
@@ -179,7 +182,10 @@ def main() -> None:
             f"{time.perf_counter() - t0:.1f}s"
         )
         print("pg_recvlogical: -o " + " -o ".join(RECV_OPTIONS) + " --endpos END -f /dev/null")
-        print("daemon: rules bench -> bench:{id}, bench_email:{email}; 3 memcached nodes")
+        print(
+            "daemon: rules bench -> bench:{id}, bench_email:{email}; 3 memcached nodes"
+            + (" (TLS: memcached -Z, pool tls)" if args.tls else "")
+        )
         print()
 
         end = lsn_to_int(end_lsn)

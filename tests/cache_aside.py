@@ -131,7 +131,7 @@ class NodeCopies:
     touch must still be everywhere. A daemon that sent a delete to every node, or to the
     wrong one, fails; "the app no longer reads it" alone would not see that."""
 
-    def __init__(self, servers: Sequence[str], *, timeout: float = 2.0):
+    def __init__(self, servers: Sequence[str], *, timeout: float = 2.0, tls_context: Any = None):
         self.servers = list(servers)
         self.clients = {
             server: Client(
@@ -140,6 +140,7 @@ class NodeCopies:
                 connect_timeout=timeout,
                 timeout=timeout,
                 default_noreply=False,
+                tls_context=tls_context,
             )
             for server in self.servers
         }

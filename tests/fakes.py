@@ -97,6 +97,10 @@ class _PairTransport:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def wants_write(self) -> bool:
+        return True
+
     def finish(self) -> bool:
         if self.refusal is not None:
             raise self.refusal

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -943,10 +944,95 @@ def _recvlogical(
 # --------------------------------------------------------------------------- memcached
 
 
-class MemcachedNode:
-    """One memcached process on 127.0.0.1 (``-U 0 -m 64 -t 1 -c 1024``)."""
+class TlsFiles:
+    """A test CA (``trustme``) and the PEM files of memcached ``-Z`` nodes and clients.
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None):
+    Written to a directory readable by ``nobody`` (memcached drops to it as root): the CA
+    bundle ``ca.pem``, the node's ``node.pem`` (chain) and ``node.key`` (SANs ``localhost``
+    and ``127.0.0.1``), and a client certificate ``client.pem``/``client.key`` for nodes
+    that require one (``require_client_cert``). ``rotate()`` rewrites every file in place
+    with a new CA (as Kubernetes updates a mounted Secret): restart the nodes to load it.
+    """
+
+    def __init__(self, directory: Path | None = None, *, require_client_cert: bool = False):
+        try:
+            import trustme  # noqa: F401
+        except ImportError as err:
+            raise ServiceError("trustme is not installed: pip install -e '.[dev]'") from err
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="invalidator-tls-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        self.require_client_cert = require_client_cert
+        self.generation = 0
+        self.rotate()
+
+    ca_file = property(lambda self: self.dir / "ca.pem")
+    cert_file = property(lambda self: self.dir / "node.pem")
+    key_file = property(lambda self: self.dir / "node.key")
+    client_cert_file = property(lambda self: self.dir / "client.pem")
+    client_key_file = property(lambda self: self.dir / "client.key")
+
+    def rotate(self) -> None:
+        """A new CA, node and client certificate, written over the same paths."""
+        import trustme
+
+        ca = trustme.CA()
+        node = ca.issue_cert("localhost", LOCALHOST)
+        client = ca.issue_cert("invalidator@example.test")
+        files = {
+            self.ca_file: ca.cert_pem.bytes(),
+            self.cert_file: b"".join(blob.bytes() for blob in node.cert_chain_pems),
+            self.key_file: node.private_key_pem.bytes(),
+            self.client_cert_file: b"".join(blob.bytes() for blob in client.cert_chain_pems),
+            self.client_key_file: client.private_key_pem.bytes(),
+        }
+        for path, data in files.items():
+            temporary = path.with_suffix(".tmp")
+            temporary.write_bytes(data)
+            temporary.chmod(0o644)  # memcached runs as nobody
+            os.replace(temporary, path)
+        self.generation += 1
+
+    def memcached_args(self) -> list[str]:
+        options = f"ssl_chain_cert={self.cert_file},ssl_key={self.key_file}"
+        if self.require_client_cert:
+            options += f",ssl_ca_cert={self.ca_file},ssl_verify_mode=2"
+        return ["-Z", "-o", options]
+
+    def client_context(self, *, client_cert: bool | None = None) -> ssl.SSLContext:
+        """What an app (or the harness) uses: verifies the node against ``ca.pem``."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.require_client_cert if client_cert is None else client_cert:
+            context.load_cert_chain(str(self.client_cert_file), str(self.client_key_file))
+        return context
+
+    def pool_tls(self, *, client_cert: bool | None = None, **extra: str) -> dict[str, str]:
+        """The daemon's ``pools.NAME.tls`` for these files."""
+        settings = {"ca_file": str(self.ca_file), **extra}
+        if self.require_client_cert if client_cert is None else client_cert:
+            settings["cert_file"] = str(self.client_cert_file)
+            settings["key_file"] = str(self.client_key_file)
+        return settings
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class MemcachedNode:
+    """One memcached process on 127.0.0.1 (``-U 0 -m 64 -t 1 -c 1024``); with ``tls``,
+    TLS only (``-Z``, the files' certificate); ``args`` are added to its command line
+    (e.g. ``-vv``: ``output()`` returns what it logged)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        tls: TlsFiles | None = None,
+        args: Sequence[str] = (),
+    ):
+        self.tls = tls
+        self._args = list(args)
         self._fixed_port = port
         self._port: int | None = port
         self._binary = binary
@@ -1021,6 +1107,9 @@ class MemcachedNode:
     def _spawn(self, binary: str) -> None:
         argv = [binary, "-l", LOCALHOST, "-p", str(self.port), "-U", "0", "-m", "64", "-t", "1"]
         argv += ["-c", "1024"]
+        if self.tls is not None:
+            argv += self.tls.memcached_args()
+        argv += self._args
         if _is_root():
             argv += ["-u", "nobody"]
         # Kept open while memcached runs (its stderr); closed by stop().
@@ -1047,6 +1136,13 @@ class MemcachedNode:
             _with_detail(f"memcached on {self.server} not answering after 10s", self._stderr_tail())
         )
 
+    def output(self) -> str:
+        """Everything memcached wrote to stdout/stderr so far (with ``-vv``: each command)."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return str(self._stderr.read().decode(errors="replace"))
+
     def _stderr_tail(self) -> str:
         if self._stderr is None:
             return ""
@@ -1057,7 +1153,13 @@ class MemcachedNode:
 
     def _command(self, command: bytes, timeout: float = 2.0) -> bytes:
         """Send one text-protocol command, return its first response line."""
-        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(
+                socket.create_connection((self.host, self.port), timeout=timeout)
+            )
+            if self.tls is not None:
+                context = self.tls.client_context()
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.host))
             sock.sendall(command)
             data = b""
             while not data.endswith(b"\r\n"):
@@ -1143,12 +1245,14 @@ class MemcachedNode:
 
 
 class MemcachedPool:
-    """N memcached nodes; ``servers`` lists them as "127.0.0.1:PORT"."""
+    """N memcached nodes; ``servers`` lists them as "127.0.0.1:PORT"; with ``tls`` every
+    node speaks TLS only, with that certificate."""
 
-    def __init__(self, size: int = 3):
+    def __init__(self, size: int = 3, *, tls: TlsFiles | None = None):
         if size < 1:
             raise ValueError("size must be >= 1")
-        self.nodes: list[MemcachedNode] = [MemcachedNode() for _ in range(size)]
+        self.tls = tls
+        self.nodes: list[MemcachedNode] = [MemcachedNode(tls=tls) for _ in range(size)]
 
     @property
     def servers(self) -> list[str]:

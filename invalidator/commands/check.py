@@ -10,6 +10,7 @@ from invalidator.core.rules import CompiledRule
 from invalidator.errors import InvalidatorError, NodeError
 from invalidator.sinks.memcached.client import NodeConnection
 from invalidator.sinks.memcached.protocol import VERSION_REQUEST
+from invalidator.sinks.memcached.tls import node_connectors
 from invalidator.sources.postgres import PLUGIN, Admin
 
 
@@ -175,8 +176,9 @@ def online_findings(config: Config, source: str) -> list[Finding]:
             )
     except InvalidatorError as exc:
         findings.append(Finding("error", "database", str(exc)))
+    connectors = node_connectors(config)
     for node, address in node_addresses(config).items():
-        conn = NodeConnection(node, address, timeout=2.0)
+        conn = NodeConnection(node, address, timeout=2.0, connector=connectors[node])
         try:
             conn.roundtrip([VERSION_REQUEST])
         except NodeError as exc:

@@ -22,6 +22,7 @@ from invalidator.errors import ConfigError
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.skips import SkipReporter
 from invalidator.sinks.memcached.client import MemcachedSink
+from invalidator.sinks.memcached.tls import node_connectors
 from invalidator.sources.wal2json import read_stream
 
 APPLY_BATCH = 10_000
@@ -86,7 +87,11 @@ def replay(
                 "(or INVALIDATOR_MEMCACHED_SERVERS)"
             )
     skips = SkipReporter(metrics, log)
-    sink = MemcachedSink(router, node_addresses(config)) if apply else None
+    sink = (
+        MemcachedSink(router, node_addresses(config), connectors=node_connectors(config))
+        if apply
+        else None
+    )
     summary = ReplaySummary()
     pending: list[Operation] = []
 

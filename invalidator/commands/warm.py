@@ -23,6 +23,7 @@ from invalidator.core.rules import json_default
 from invalidator.core.templates import Unbuildable, compile_template, key_problem
 from invalidator.errors import SourceError
 from invalidator.sinks.memcached.client import MemcachedSink
+from invalidator.sinks.memcached.tls import node_connectors
 from invalidator.sources.postgres import CONNECT_TIMEOUT, SESSION_OPTIONS, source_error
 
 BATCH = 2_000
@@ -45,7 +46,9 @@ def warm(
     """Run every ``warm:`` entry; returns what each did."""
     if config.source.dsn is None:
         raise SourceError(NO_DSN)
-    sink = MemcachedSink(static_router(config), node_addresses(config))
+    sink = MemcachedSink(
+        static_router(config), node_addresses(config), connectors=node_connectors(config)
+    )
     results = []
     try:
         with psycopg.connect(

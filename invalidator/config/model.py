@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from invalidator.config.fields import Duration, KeyTemplate, StrictModel
-from invalidator.config.pools import PoolConfig
+from invalidator.config.pools import PoolConfig, check_node_tls
 from invalidator.core.placement.servers import parse_server
 
 ChangeOp = Literal["insert", "update", "delete", "truncate"]
@@ -192,6 +192,11 @@ class Config(StrictModel):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     warm: tuple[WarmConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _node_tls(self) -> Config:
+        check_node_tls(self.pools)
+        return self
 
     @model_validator(mode="after")
     def _pools_exist(self) -> Config:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from invalidator.config.fields import Duration, StrictModel
-from invalidator.core.placement.servers import parse_server
+from invalidator.core.placement.servers import node_name, parse_server
 
 Hashing = Literal["rendezvous", "ketama", "modula", "broadcast"]
 SUPPORTED_HASHING = ("rendezvous", "broadcast")
@@ -30,6 +30,39 @@ class DiscoverConfig(StrictModel):
         return value
 
 
+def _readable(path: str | None, field: str) -> str | None:
+    """``path`` if it can be opened and read; the error names the path, never the content."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+class TlsConfig(StrictModel):
+    """Verified TLS to every node of the pool (never a plaintext fallback). Certificates
+    are verified against ``ca_file`` (default: the system's trust store) and the host of
+    the server string, or ``server_name``; ``cert_file``/``key_file`` give a client
+    certificate to nodes that require one. Files are re-read when they change."""
+
+    ca_file: str | None = Field(None, min_length=1)
+    cert_file: str | None = Field(None, min_length=1)
+    key_file: str | None = Field(None, min_length=1)
+    server_name: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _files(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file (a client certificate), or neither")
+        _readable(self.ca_file, "ca_file")
+        _readable(self.cert_file, "cert_file")
+        _readable(self.key_file, "key_file")
+        return self
+
+
 class PoolConfig(StrictModel):
     servers: tuple[str, ...] = ()
     discover: DiscoverConfig | None = None
@@ -41,6 +74,7 @@ class PoolConfig(StrictModel):
     # TTL policies by data type (as in the seed guide), used as `ttl: <name>` in rules.
     ttls: Mapping[str, int] = Field(default_factory=dict)
     redelete_after: Duration | None = None
+    tls: TlsConfig | None = None
 
     @field_validator("servers")
     @classmethod
@@ -63,3 +97,17 @@ class PoolConfig(StrictModel):
         if not self.servers and self.discover is None:
             raise ValueError("a pool needs 'servers' or 'discover'")
         return self
+
+
+def check_node_tls(pools: Mapping[str, PoolConfig]) -> None:
+    """A node listed in two pools must be reached the same way from both."""
+    seen: dict[str, tuple[str, TlsConfig | None]] = {}
+    for name, pool in pools.items():
+        for server in pool.servers:
+            node = node_name(server)
+            first = seen.setdefault(node, (name, pool.tls))
+            if first[1] != pool.tls:
+                raise ValueError(
+                    f"pools: node {node} is in pools {first[0]!r} and {name!r} "
+                    "with different tls settings"
+                )

@@ -88,7 +88,7 @@ class Membership:
         config = self.config.pools[pool]
         self.discovered[pool] = members
         for member in members:
-            self.nodes.ensure(member.name, member.address, config.max_queue)
+            self.nodes.ensure(member.name, member.address, config.max_queue, pool)
         new = pool_placement(self.config, pool, tuple(m.name for m in members))
         old = self.nodes.router.placements.get(pool)
         if isinstance(old, GracePlacement):

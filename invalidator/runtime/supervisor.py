@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from invalidator.config import Config
@@ -27,6 +27,7 @@ from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Health, Telemetry
 from invalidator.sinks.memcached.connector import PLAIN, Connector
 from invalidator.sinks.memcached.nodeset import NodeSet
+from invalidator.sinks.memcached.tls import pool_connectors
 from invalidator.sources.base import ChangeSource
 from invalidator.sources.postgres import SlotBusyError
 
@@ -50,6 +51,7 @@ class Supervisor:
         values: ValueSource | None = None,
         drain_timeout: float = 5.0,
         connector: Connector = PLAIN,
+        connectors: Mapping[str, Connector] | None = None,
         resolver: Resolver = resolve,
     ):
         self.source = source
@@ -57,6 +59,10 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self.telemetry = Telemetry(metrics, log, health)
         self.health = self.telemetry.health
+        if connectors is None:
+            # Pool → connector: TLS pools get their own (certificates read now: a file
+            # that cannot be used is a ConfigError), the others ``connector``.
+            connectors = pool_connectors(config, connector, self._tls_reload)
         self.nodes = NodeSet(
             static_router(config).placements,
             node_addresses(config),
@@ -64,12 +70,19 @@ class Supervisor:
             on_error=self.telemetry.node_error,
             on_event=self.telemetry.node_event,
             connector=connector,
+            connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
         self.pipeline = Pipeline(compile_rules(config), self.nodes, self.telemetry, skips, values)
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
+
+    def _tls_reload(self, pool: str, what: str, error: str | None) -> None:
+        if error is None:
+            self.log.info("tls certificates " + what, pool=pool)
+        else:
+            self.log.warning("tls certificates " + what, pool=pool, error=error)
 
     @property
     def stopping(self) -> bool:

@@ -154,7 +154,8 @@ class NodeChannel(NodeQueue):
             and waiting
             and now - self.last_progress > self.request_timeout
         ):
-            self._failed(f"no reply for {self.request_timeout:g}s")
+            what = " (connecting)" if self.connecting else ""
+            self._failed(f"no reply for {self.request_timeout:g}s{what}")
 
     def close(self) -> None:
         if self.transport is not None:
@@ -188,7 +189,10 @@ class NodeChannel(NodeQueue):
     def wants_write(self) -> bool:
         if self.transport is None:
             return False
-        if self.connecting or self.outbuf:
+        if self.connecting:
+            # A TLS handshake waiting for the server's bytes waits for READ only.
+            return self.transport.wants_write
+        if self.outbuf:
             return True
         return bool(self.queue) and not self.handshake
 

@@ -127,10 +127,13 @@ class MemcachedSink:
         addresses: Mapping[str, tuple[str, int]],
         timeout: float = DEFAULT_TIMEOUT,
         connector: Connector = PLAIN,
+        connectors: Mapping[str, Connector] | None = None,
     ):
+        """``connectors``: node → its pool's connector (TLS); the others use ``connector``."""
         self.router = router
+        chosen = connectors or {}
         self.connections = {
-            node: NodeConnection(node, address, timeout, connector)
+            node: NodeConnection(node, address, timeout, chosen.get(node, connector))
             for node, address in addresses.items()
         }
 

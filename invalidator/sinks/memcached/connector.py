@@ -2,8 +2,9 @@
 
 A ``Connector`` opens a ``Transport`` to an address, non-blocking for the daemon's
 channels or blocking for the command-line client. The channel only calls ``finish``
-(until the connection, and any handshake, is complete), ``send``, ``recv``, ``fileno``
-and ``close``: a TLS transport slots in here without touching the channel's logic.
+(until the connection, and any handshake, is complete; ``wants_write`` says which
+readiness it waits for meanwhile), ``send``, ``recv``, ``fileno`` and ``close``: the TLS
+transport (``tls.py``) slots in here without touching the channel's logic.
 Every failure leaves as ``OSError`` with a readable ``strerror``.
 """
 
@@ -22,6 +23,13 @@ class Transport(Protocol):
     def finish(self) -> bool:
         """Progress the connection (and handshake); True once ready to carry requests.
         Raises OSError if it failed."""
+        ...
+
+    @property
+    def wants_write(self) -> bool:
+        """While ``finish`` is False: True when it waits for the socket to be writable
+        (a connect, a handshake with bytes to send), False when only readable (a TLS
+        handshake waiting for the server): the loop must not spin on a writable socket."""
         ...
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
@@ -71,6 +79,10 @@ class TcpTransport:
             self.sock.close()
             raise _error(code, "cannot connect")
         self._connected = code == 0
+
+    @property
+    def wants_write(self) -> bool:
+        return True  # a connect completes when the socket becomes writable
 
     def fileno(self) -> int:
         return self.sock.fileno()

@@ -35,6 +35,7 @@ class NodeSet:
         on_error: Callable[[str, str], None],
         on_event: Callable[[str, str, int, str], None],
         connector: Connector = PLAIN,
+        connectors: Mapping[str, Connector] | None = None,
     ):
         self.router = Router(placements)
         self.channels: dict[str, NodeChannel] = {}
@@ -42,16 +43,27 @@ class NodeSet:
         self._on_error = on_error
         self._on_event = on_event
         self._connector = connector
+        # Pool → its connector (TLS pools); pools not listed use ``connector``.
+        self._connectors = dict(connectors or {})
         self._registered: dict[str, tuple[Any, int]] = {}
         for pool, placement in placements.items():
             for node in placement.nodes:
-                self.ensure(node, addresses[node], max_queue[pool])
+                self.ensure(node, addresses[node], max_queue[pool], pool)
 
     # -- membership -----------------------------------------------------------------------
 
-    def ensure(self, node: str, address: tuple[str, int], max_queue: int) -> None:
-        """A channel for ``node`` at ``address`` (a new address: reconnect there)."""
+    def connector_for(self, pool: str | None) -> Connector:
+        if pool is None:
+            return self._connector
+        return self._connectors.get(pool, self._connector)
+
+    def ensure(
+        self, node: str, address: tuple[str, int], max_queue: int, pool: str | None = None
+    ) -> None:
+        """A channel for ``node`` of ``pool`` at ``address`` (a new address: reconnect
+        there), connected with the pool's connector."""
         channel = self.channels.get(node)
+        connector = self.connector_for(pool)
         if channel is None:
             self.channels[node] = NodeChannel(
                 node,
@@ -59,9 +71,18 @@ class NodeSet:
                 on_error=self._on_error,
                 on_event=self._on_event,
                 max_queue=max_queue,
-                connector=self._connector,
+                connector=connector,
             )
             return
+        if channel.connector is not connector:
+            # Static pools cannot do this (a config error); a discovered node that is also
+            # another pool's node keeps the transport it has, loudly.
+            self._on_event(
+                node,
+                "transport_conflict",
+                0,
+                f"also in pool {pool!r} with different tls settings; keeping its first pool's",
+            )
         channel.max_queue = min(channel.max_queue, max_queue)
         if channel.address != address:
             channel.move_to(address)
