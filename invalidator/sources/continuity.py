@@ -129,7 +129,7 @@ class MarkerStore:
 
     def confirmed(self, server: Server, position: int) -> None:
         """The daemon confirmed ``position``: keep it where a failover keeps it too."""
-        self._upsert(server, "pending_gap = pending_gap", None, position)
+        self._upsert(server, "pending_gap = m.pending_gap", None, position)
 
     def _upsert(
         self, server: Server, on_conflict: str, gap: str | None, confirmed: int | None = None

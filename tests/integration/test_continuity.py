@@ -131,6 +131,12 @@ def test_a_restart_without_a_gap_flushes_nothing(
         assert wait_gone(app, ["user:5"]) == []
         assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
         assert first.metric("invalidator_gaps_total") == 0
+        # The marker follows the confirmed position, without disturbing the stream.
+        assert wait_until(
+            lambda: status(first)["continuity"]["confirmed_lsn"] != "0/0",  # type: ignore[index]
+            timeout=15,
+        )
+        assert "source unavailable" not in first.log_path.read_text(), first.log_tail()
     finally:
         first.stop()
 
