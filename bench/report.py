@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the repo root
 sys.path.insert(0, str(BENCH))
 
-from _common import ROOT, ForeignCpu, fmt_int, print_table  # noqa: E402
+from _common import ROOT, ForeignCpu, fmt_int, fmt_num, print_table  # noqa: E402
 
 # Reference figures from ../shared/NOTES.md (pg_recvlogical, commit -> change received,
 # pgbench single-row UPDATEs, this machine): used when the run measured none.
@@ -75,6 +76,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
                 ["--samples", "150", "--load-seconds", "8", "--lag-seconds", "15"],
             ),
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
+            Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -85,6 +87,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("big_transaction", "big_transaction.py", []),
         Step("latency", "latency.py", []),
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
+        Step("tls", "tls.py", ["--rounds", "3"]),
     ]
 
 
@@ -389,6 +392,27 @@ def hotpath_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def tls_rows(data: dict[str, Any]) -> list[Row]:
+    """TLS to memcached against plaintext, measured side by side by bench/tls.py."""
+
+    def median(side: str, key: str) -> float:
+        return float(statistics.median(data[side][key]))
+
+    rows: list[Row] = []
+    for key, label, digits in (
+        ("daemon_changes_per_s", "TLS: drain changes/s (TLS vs plaintext nodes)", 0),
+        ("cpu_s_per_million_streaming", "TLS: daemon CPU s per 1M changes (streaming)", 2),
+        ("load_p50_ms", "TLS: commit -> key gone at 5,000 tps, p50 ms", 2),
+        ("load_p99_ms", "TLS: commit -> key gone at 5,000 tps, p99 ms", 2),
+    ):
+        plain, tls = median("plaintext", key), median("tls", key)
+        ratio = f"{tls / plain:.2f}x" if plain else "-"
+        rows.append(
+            [label, fmt_num(tls, digits), f"{fmt_num(plain, digits)} (plaintext)", ratio, "-"]
+        )
+    return rows
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -397,8 +421,18 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "startup": startup_rows,
     "placement": placement_rows,
     "hotpath": hotpath_rows,
+    "tls": tls_rows,
 }
-ORDER = ["throughput", "latency", "soak", "big_transaction", "startup", "placement", "hotpath"]
+ORDER = [
+    "throughput",
+    "latency",
+    "soak",
+    "big_transaction",
+    "startup",
+    "placement",
+    "hotpath",
+    "tls",
+]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 
 
