@@ -95,6 +95,8 @@ class NodeChannel(NodeQueue):
             return False
         try:
             self.transport = self.connector.open(self.address)
+        except BlockingIOError:
+            return False  # the name is being resolved (off the loop): try again next turn
         except OSError as exc:
             self._failed(exc.strerror or str(exc))
             return False
