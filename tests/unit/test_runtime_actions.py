@@ -4,20 +4,11 @@ bumped counters, re-deletes, truncate flushes — and how keys it cannot build a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from invalidator.core.changes import Change
 from invalidator.errors import SourceError
 from tests.fakes import A, B, C, Harness, ids_on, make_config, owner, updated, wait_until
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    with Harness() as h:
-        yield h
 
 
 def confirmed(harness: Harness, position: int) -> None:

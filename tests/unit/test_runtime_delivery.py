@@ -5,9 +5,6 @@ whatever the nodes do: pause, refuse, restart, overflow, answer errors."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from invalidator.sinks.memcached.channel import BACKOFF_MIN
 from tests.fakes import (
@@ -22,12 +19,6 @@ from tests.fakes import (
     updated,
     wait_until,
 )
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    with Harness() as h:
-        yield h
 
 
 def session_of(harness: Harness) -> MemorySession:

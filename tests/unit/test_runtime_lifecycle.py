@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
-
-import pytest
 
 from invalidator.core.changes import int_to_lsn
 from invalidator.runtime.supervisor import install_signal_handlers
@@ -24,12 +21,6 @@ from tests.fakes import (
     updated,
     wait_until,
 )
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    with Harness() as h:
-        yield h
 
 
 def confirmed(harness: Harness, position: int) -> None:

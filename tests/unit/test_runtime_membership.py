@@ -4,10 +4,7 @@ joining and leaving, the grace period of old owners, and lookups that fail."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from invalidator.runtime.discovery import DiscoveryError, Member
 from tests.fakes import (
@@ -24,12 +21,6 @@ from tests.fakes import (
 )
 
 SRV = "_memcached._tcp.memcached.caching.svc.cluster.local"
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    with Harness() as h:
-        yield h
 
 
 class Dns:

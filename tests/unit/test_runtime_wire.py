@@ -5,18 +5,9 @@ while connecting."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
 
 from invalidator.sinks.memcached.connector import PLAIN
 from tests.fakes import A, B, Harness, ids_on, make_config, owner, updated, wait_until
-
-
-@pytest.fixture
-def harness() -> Iterator[Harness]:
-    with Harness() as h:
-        yield h
 
 
 def confirmed(harness: Harness, position: int) -> None:
