@@ -5,9 +5,11 @@ while connecting."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 
-from invalidator.sinks.memcached.connector import PLAIN
-from tests.fakes import A, B, Harness, ids_on, make_config, owner, updated, wait_until
+from invalidator.sinks.memcached.connector import PLAIN, AddrInfo, Resolver, TcpConnector
+from tests.fakes import A, B, C, Harness, ids_on, make_config, owner, updated, wait_until
 
 
 def confirmed(harness: Harness, position: int) -> None:
@@ -147,3 +149,30 @@ def test_node_that_stops_reading_is_never_written_past_its_buffer(harness: Harne
     node.resume()
     confirmed(harness, position)
     assert len(node.deleted()) == count + 1
+
+
+def test_a_node_whose_name_resolves_slowly_holds_up_only_itself(harness: Harness) -> None:
+    """Three nodes over real TCP, one reached by a name whose lookup hangs: the other two
+    get their deletes meanwhile (the loop never waits for DNS), the daemon keeps running,
+    the position waits for the third node's work, and once the name resolves it gets it."""
+    a, b, c = (harness.memcached[name] for name in (A, B, C))
+    ports = [node.serve_tcp()[1] for node in (a, b, c)]
+    servers = [f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}", f"slow-dns.test:{ports[2]}"]
+    release = threading.Event()
+
+    def lookup(host: str, port: int) -> list[AddrInfo]:
+        release.wait(30)  # a DNS server that takes its time
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    daemon = harness.start(make_config(servers=servers), connector=TcpConnector(Resolver(lookup)))
+    ids = {node: ids_on(node, 2, servers) for node in servers}
+    position = harness.source.commit([updated(i) for group in ids.values() for i in group])
+    for node, server in ((a, servers[0]), (b, servers[1])):
+        wanted = sorted(f"user:{i}" for i in ids[server])
+        wait_until(lambda node=node, wanted=wanted: sorted(node.deleted()) == wanted, "healthy")
+    assert c.deleted() == [] and daemon.running
+    assert harness.source.confirmed < position  # the slow node's work is not done
+    assert not daemon.log.events("memcached node error")  # resolving is not failing
+    release.set()
+    confirmed(harness, position)
+    assert sorted(c.deleted()) == sorted(f"user:{i}" for i in ids[servers[2]])
