@@ -20,7 +20,7 @@ from pymemcache.client.hash import HashClient
 
 from tests.cache_aside import wait_gone, wait_until
 from tests.daemon_process import DaemonProcess
-from tests.services import MemcachedPool, PgDatabase
+from tests.services import MemcachedPool, PgDatabase, PostgresCluster, ServiceError
 
 pytestmark = pytest.mark.integration
 
@@ -217,4 +217,59 @@ def test_a_slot_invalidated_by_max_slot_wal_keep_size_flushes_the_pools(
         assert wait_gone(app, ["user:300"]) == []
     finally:
         second.stop()
+        first.stop()
+
+
+def test_another_cluster_behind_the_dsn_flushes_the_pools(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """The database was copied to another cluster (dump and restore, marker included) and
+    the DSN now reaches that one: its slot never saw our changes, its system identifier is
+    not the marker's. Changes made there before the daemon starts are not lost: flush."""
+    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    other = PostgresCluster()
+    try:
+        other.start()
+    except ServiceError as err:
+        pytest.fail(str(err), pytrace=False)
+    try:
+        copy = other.create_database(users_db.name)
+        dump = subprocess.run(
+            [users_db.cluster.bin("pg_dump"), "--no-owner", users_db.dsn],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        subprocess.run(
+            [other.bin("psql"), "-q", "-v", "ON_ERROR_STOP=1", copy.dsn],
+            input=dump,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert copy.execute("SELECT count(*) FROM invalidator.continuity") == [(1,)]
+        for i in CHANGED:
+            app.set(f"user:{i}", "cached")
+        copy.execute("UPDATE users SET name = 'changed on the other cluster' WHERE id <= 100")
+        moved = DaemonProcess.create(
+            tmp_path,
+            name="moved",
+            dsn=copy.dsn,
+            slot="gapped",
+            servers=memcached.servers,
+            rules=RULES,
+        )
+        try:
+            moved.start()
+            assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+            assert moved.metric("invalidator_gaps_total") == 1
+            assert "other_cluster" in moved.log_path.read_text()
+        finally:
+            moved.stop()
+    finally:
+        other.stop()
         first.stop()
