@@ -11,7 +11,8 @@ from invalidator.errors import InvalidatorError, NodeError
 from invalidator.sinks.memcached.client import NodeConnection
 from invalidator.sinks.memcached.protocol import VERSION_REQUEST
 from invalidator.sinks.memcached.tls import node_connectors
-from invalidator.sources.postgres import PLUGIN, Admin
+from invalidator.sources.catalog import Admin
+from invalidator.sources.postgres import PLUGIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from invalidator.core.changes import int_to_lsn, lsn_to_int
 from invalidator.errors import SourceError
-from invalidator.sources.postgres import Admin, Server, SlotStatus
+from invalidator.sources.catalog import Admin, Server, SlotStatus
 
 SCHEMA = "invalidator"
 TABLE = "continuity"

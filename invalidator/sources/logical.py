@@ -24,9 +24,10 @@ from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
 from invalidator.hotpath._hotpath import parse_timestamp
 from invalidator.sources.base import Feed, Session
+from invalidator.sources.catalog import Admin
 from invalidator.sources.continuity import Continuity, marker_status
 from invalidator.sources.partitions import PartitionWatcher
-from invalidator.sources.postgres import Admin, ReplicationStream, WalPosition, stream_options
+from invalidator.sources.postgres import ReplicationStream, WalPosition, stream_options
 from invalidator.sources.replication import ProtocolError, XLogData, parse_message
 from invalidator.sources.wal2json import decode_v2
 

@@ -20,8 +20,9 @@ from invalidator.core.tracker import AckTracker, commit_times
 from invalidator.errors import SourceError
 from invalidator.sources import outbox
 from invalidator.sources.base import Feed, Session
+from invalidator.sources.catalog import Admin
 from invalidator.sources.partitions import PartitionWatcher
-from invalidator.sources.postgres import CONNECT_TIMEOUT, Admin, source_error
+from invalidator.sources.postgres import CONNECT_TIMEOUT, source_error
 
 OUTBOX_POLL = 1.0  # drain the outbox at least this often, notification or not
 OUTBOX_BATCH = 2_000

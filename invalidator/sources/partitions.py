@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from invalidator.core.rules import TableName
 from invalidator.sources.base import Feed
-from invalidator.sources.postgres import Admin
+from invalidator.sources.catalog import Admin
 
 
 def regclass(name: TableName) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from invalidator.config import parse_config
 from invalidator.config.build import compile_rules
 from invalidator.core.rules import RuleSet, gap_operations
+from invalidator.sources.catalog import Server, SlotStatus
 from invalidator.sources.continuity import (
     NEW_TIMELINE,
     OTHER_CLUSTER,
@@ -13,7 +14,6 @@ from invalidator.sources.continuity import (
     Marker,
     detect_gap,
 )
-from invalidator.sources.postgres import Server, SlotStatus
 
 SERVER = Server("7412345678901234567", 1)
 MARKER = Marker("7412345678901234567", 1, 0x1000)

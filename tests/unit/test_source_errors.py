@@ -86,7 +86,8 @@ TLS_PARAMS = {
 def connectors() -> dict[str, Any]:
     """Each place that opens a PostgreSQL connection, as a call on a DSN."""
     from invalidator.sources import notify
-    from invalidator.sources.postgres import Admin, ReplicationStream, ValueQueries, WalPosition
+    from invalidator.sources.catalog import Admin
+    from invalidator.sources.postgres import ReplicationStream, ValueQueries, WalPosition
 
     return {
         "replication": lambda dsn: ReplicationStream(dsn, "slot", {}).open(),
