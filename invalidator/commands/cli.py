@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="the daemon: stream changes and invalidate",
-        description="Stream wal2json changes and apply the rules' cache operations. "
-        "SIGTERM/SIGINT: stop reading, finish in-flight work, confirm the last applied "
-        "position, exit 0.",
+        description="Stream committed changes (wal2json slot, or the notify outbox) and apply "
+        "the rules' cache operations. On every connect the slot's continuity is checked; a "
+        "gap is answered as source.on_gap says (flush, bump or refuse). SIGTERM/SIGINT: stop "
+        "reading, finish in-flight work, confirm the last applied position, exit 0.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(
@@ -193,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("setup", cmd_setup, "create the replication slot (notify: outbox and triggers)"),
         ("teardown", cmd_teardown, "drop the replication slot (notify: outbox and triggers)"),
-        ("status", cmd_status, "where the slot stands: active, confirmed LSN, WAL retained, lag"),
+        (
+            "status",
+            cmd_status,
+            "where the source stands: slot active, confirmed LSN, WAL retained, lag, continuity",
+        ),
         ("warm", cmd_warm, "pre-populate keys from the `warm:` queries (the cache-warmer job)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
