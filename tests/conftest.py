@@ -6,9 +6,11 @@ launches a server. A service that cannot start fails the test (never skips it).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymemcache.client.hash import HashClient
@@ -36,10 +38,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    """A running PostgreSQL cluster (wal_level=logical, wal2json checked) for the session."""
-    cluster = PostgresCluster()
+@contextlib.contextmanager
+def running_postgres(**options: Any) -> Iterator[PostgresCluster]:
+    """A started PostgresCluster (``options`` as its constructor takes them), stopped on
+    exit; a cluster that cannot start fails the test with the reason, never skips it."""
+    cluster = PostgresCluster(**options)
     try:
         cluster.start()
     except ServiceError as err:
@@ -48,6 +51,13 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """A running PostgreSQL cluster (wal_level=logical, wal2json checked) for the session."""
+    with running_postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture

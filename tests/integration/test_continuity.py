@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +18,9 @@ import pytest
 from pymemcache.client.hash import HashClient
 
 from tests.cache_aside import wait_gone, wait_until
+from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
-from tests.services import MemcachedPool, PgDatabase, PostgresCluster, ServiceError
+from tests.services import MemcachedPool, PgDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +72,7 @@ def readyz(proc: DaemonProcess) -> str:
 
 
 def status(proc: DaemonProcess) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-m", "invalidator", "status", "--config", str(proc.config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    record: dict[str, object] = json.loads(out.stdout)
+    record: dict[str, object] = json.loads(proc.cli("status", timeout=60).stdout)
     return record
 
 
@@ -229,12 +222,7 @@ def test_another_cluster_behind_the_dsn_flushes_the_pools(
     first = make_daemon(tmp_path, users_db, memcached, "first")
     first.start()
     assert first.terminate() == 0
-    other = PostgresCluster()
-    try:
-        other.start()
-    except ServiceError as err:
-        pytest.fail(str(err), pytrace=False)
-    try:
+    with running_postgres() as other:
         copy = other.create_database(users_db.name)
         dump = subprocess.run(
             [users_db.cluster.bin("pg_dump"), "--no-owner", users_db.dsn],
@@ -270,6 +258,3 @@ def test_another_cluster_behind_the_dsn_flushes_the_pools(
             assert "other_cluster" in moved.log_path.read_text()
         finally:
             moved.stop()
-    finally:
-        other.stop()
-        first.stop()

@@ -20,8 +20,9 @@ import trustme
 from pymemcache.client.hash import HashClient
 
 from tests.cache_aside import wait_gone, wait_until
+from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
-from tests.services import MemcachedPool, PgDatabase, PostgresCluster, ServiceError
+from tests.services import MemcachedPool, PgDatabase, PostgresCluster
 
 USER_RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
 PASSWORD = "hunter2-tls"
@@ -30,15 +31,8 @@ PASSWORD = "hunter2-tls"
 @pytest.fixture(scope="module")
 def tls_cluster() -> Iterator[PostgresCluster]:
     """A cluster with ``ssl = on``, reachable over TLS only."""
-    cluster = PostgresCluster(tls=True)
-    try:
-        cluster.start()
-    except ServiceError as err:
-        pytest.fail(str(err), pytrace=False)
-    try:
+    with running_postgres(tls=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
