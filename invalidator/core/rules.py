@@ -119,16 +119,10 @@ def _truncate(matched: Sequence[CompiledRule], table: str, lsn: str | None) -> P
                 operations.append(Operation("flush", "", rule.pool, table, lsn, rule=rule.index))
             continue
         for template in rule.templates:
-            if policy == "bump" and not template.columns:
+            counter = template.constant
+            if policy == "bump" and counter is not None:
                 operations.append(
-                    Operation(
-                        "bump",
-                        template.source.replace("{{", "{").replace("}}", "}"),
-                        rule.pool,
-                        table,
-                        lsn,
-                        rule=rule.index,
-                    )
+                    Operation("bump", counter, rule.pool, table, lsn, rule=rule.index)
                 )
                 continue
             reason = (
@@ -270,7 +264,8 @@ def gap_operations(
     for pool in pools:
         pool_rules = [r for r in rules.rules if r.pool == pool]
         counters_only = bool(pool_rules) and all(
-            r.action == "bump" and not any(t.columns for t in r.templates) for r in pool_rules
+            r.action == "bump" and all(t.constant is not None for t in r.templates)
+            for r in pool_rules
         )
         if policy != "bump" or not counters_only:
             operations.append(Operation("flush", "", pool, table))
@@ -278,8 +273,8 @@ def gap_operations(
         seen: set[str] = set()
         for rule in pool_rules:
             for template in rule.templates:
-                key = template.source.replace("{{", "{").replace("}}", "}")
-                if key not in seen:
+                key = template.constant
+                if key is not None and key not in seen:
                     seen.add(key)
                     operations.append(Operation("bump", key, pool, table, rule=rule.index))
     return tuple(operations)

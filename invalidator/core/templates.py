@@ -28,6 +28,11 @@ class Template:
     literals: tuple[str, ...]  # len(columns) + 1 pieces around the columns
     columns: tuple[str, ...]
 
+    @property
+    def constant(self) -> str | None:
+        """The key itself when the template uses no column (a bump rule's counter)."""
+        return None if self.columns else self.literals[0]
+
     def render(self, row: Mapping[str, Any]) -> str | Unbuildable:
         """The key for ``row``, or why it cannot be built."""
         literals = self.literals
