@@ -140,7 +140,22 @@ class TlsTransport:
             # Not taken: the caller passes the same bytes again when writable.
             raise BlockingIOError(errno.EAGAIN, "TLS: not now") from None
         except ssl.SSLError as exc:
-            raise OSError(errno.EPROTO, f"TLS: {_ssl_text(exc)}") from None
+            raise OSError(errno.EPROTO, f"TLS: {self._alert() or _ssl_text(exc)}") from None
+
+    def _alert(self) -> str | None:
+        """Why the server closed, if it said so: under TLS 1.3 a refused client certificate
+        is an alert the server sends after the handshake, so a send may meet the closed
+        connection (EOF) while the alert, which says why, still waits to be read."""
+        assert self._ssl is not None
+        try:
+            self._ssl.recv(1)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLWantReadError):
+            return None
+        except ssl.SSLError as exc:
+            return _ssl_text(exc)
+        except OSError:
+            return None
+        return None
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes (more if OpenSSL still holds decrypted bytes: nothing may
