@@ -49,7 +49,7 @@ def pool_placement(config: Config, pool: str, servers: tuple[str, ...] | None = 
     """The placement ``pool``'s settings ask for, over ``servers`` (default: its own)."""
     settings = config.pools[pool]
     chosen = servers if servers is not None else settings.servers
-    return placement_for(settings.hashing, chosen, settings.fallback_depth)
+    return placement_for(settings.hashing, chosen, fallback_depth=settings.fallback_depth)
 
 
 def static_router(config: Config) -> Router:

@@ -5,7 +5,8 @@ One module per client's placement; ``placement_for`` picks one from plain pool s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from invalidator.core.placement.base import Placement
 from invalidator.core.placement.broadcast import Broadcast
@@ -25,8 +26,18 @@ __all__ = [
 ]
 
 
-def placement_for(hashing: str, servers: Sequence[str], fallback_depth: int = 0) -> Placement:
-    """The placement a pool asks for (``hashing``) over ``servers``, in their order."""
-    if hashing == "broadcast":
+def placement_for(
+    client: str,
+    servers: Sequence[str],
+    behaviors: Mapping[str, Any] | None = None,
+    fallback_depth: int = 0,
+) -> Placement:
+    """The placement of the apps' ``client`` library with its ``behaviors`` over
+    ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``)."""
+    if behaviors:
+        raise ValueError(f"client {client!r} takes no behaviors (got {sorted(behaviors)})")
+    if client == "broadcast":
         return Broadcast(servers)
-    return Rendezvous(servers, fallback_depth)
+    if client in ("pymemcache", "rendezvous"):
+        return Rendezvous(servers, fallback_depth)
+    raise ValueError(f"unknown client {client!r}")
