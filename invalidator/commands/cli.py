@@ -97,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SourceError(f"http.listen {config.http.listen}: {exc.strerror}") from None
         server.start()
-    log.info("starting", source=source.target, rules=len(config.rules), http=config.http.listen)
+    # The bound address: with port 0 in http.listen, this is where the kernel put it.
+    http = f"{config.http.listen.rsplit(':', 1)[0]}:{server.port}" if server else "off"
+    log.info("starting", source=source.target, rules=len(config.rules), http=http)
     try:
         return supervisor.run()
     finally:

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from invalidator.config.fields import Duration, StrictModel
 from invalidator.core.placement.servers import node_name, parse_server
 
 Hashing = Literal["rendezvous", "ketama", "modula", "broadcast"]
 SUPPORTED_HASHING = ("rendezvous", "broadcast")
+
+
+def _server(value: str) -> str:
+    parse_server(value)
+    return value
+
+
+# A server string, checked where it stands (the error names ``servers[i]``).
+Server = Annotated[str, AfterValidator(_server)]
+
+
+def split_servers(value: Any) -> Any:
+    """The apps' ``MEMCACHED_SERVERS`` form, ``"a:11211,b:11211"``, as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class DiscoverConfig(StrictModel):
@@ -64,7 +80,7 @@ class TlsConfig(StrictModel):
 
 
 class PoolConfig(StrictModel):
-    servers: tuple[str, ...] = ()
+    servers: tuple[Server, ...] = ()
     discover: DiscoverConfig | None = None
     hashing: Hashing = "rendezvous"
     fallback_depth: int = Field(0, ge=0, le=8)
@@ -76,11 +92,14 @@ class PoolConfig(StrictModel):
     redelete_after: Duration | None = None
     tls: TlsConfig | None = None
 
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return split_servers(value)
+
     @field_validator("servers")
     @classmethod
     def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for server in value:
-            parse_server(server)
         if len(set(value)) != len(value):
             raise ValueError("a server is listed twice")
         return value

@@ -20,7 +20,7 @@ class HttpServer:
     """Serves the endpoints on a daemon thread."""
 
     def __init__(self, listen: str, metrics: Metrics, health: Health):
-        host, port = parse_server(listen)
+        host, port = parse_server(listen, listen=True)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

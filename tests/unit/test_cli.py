@@ -43,7 +43,7 @@ def test_malformed_rules_file_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run("replay", "--config", str(config), str(FIXTURES / "basic_users.jsonl"))
     assert (result.returncode, result.stderr) == (
         2,
-        f"{config}: rules[0] (table public.users): acton: unknown field\n",
+        f"{config}: rules[0] (table public.users): acton: unknown field (did you mean 'action'?)\n",
     )
 
 
