@@ -28,6 +28,8 @@ class Health:
     last_loop: float = field(default_factory=time.monotonic)
     last_error: str = ""
     confirmed_lsn: str = ""
+    # Failed pre-flight checks the daemon started with (``run --lenient``), for /readyz.
+    problems: tuple[str, ...] = ()
 
 
 class Telemetry:
