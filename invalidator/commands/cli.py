@@ -201,6 +201,54 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from invalidator.commands.init import render
+    from invalidator.config import SourceConfig
+    from invalidator.config.pools import split_servers
+    from invalidator.core.placement import parse_server
+    from invalidator.sources.catalog import Admin
+
+    tables = [_table_name(t) for t in args.table]
+    servers = split_servers(args.servers)
+    for i, server in enumerate(servers):
+        try:
+            parse_server(server)
+        except ValueError as exc:
+            raise ConfigError(f"--servers[{i}]: {exc}") from None
+    try:
+        SourceConfig(kind=args.source, slot=args.slot)
+    except ValueError:
+        raise ConfigError(f"--slot {args.slot!r}: 1-63 characters of a-z, 0-9 and _") from None
+    catalogue = Admin(args.dsn).catalogue(tables)
+    missing = [t for t in tables if not catalogue.facts(*t).exists]
+    if missing:
+        raise ConfigError(
+            "\n".join(
+                f"--table {schema}.{table}: no such table (tables in {schema}: "
+                f"{', '.join(catalogue.names.get(schema, ())) or 'none'})"
+                for schema, table in missing
+            )
+        )
+    sys.stdout.write(
+        render(catalogue, tables, dsn=args.dsn, kind=args.source, servers=servers, slot=args.slot)
+    )
+    return 0
+
+
+def _table_name(text: str) -> tuple[str, str]:
+    """``users`` → (public, users); ``app.users`` → (app, users)."""
+    schema, _, table = text.rpartition(".")
+    return (schema or "public", table)
+
+
+def _source_kinds() -> tuple[str, ...]:
+    import typing
+
+    from invalidator.config import SourceConfig
+
+    return tuple(typing.get_args(SourceConfig.model_fields["kind"].annotation))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invalidator",
@@ -267,6 +315,36 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", help=CONFIG_HELP)
         p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "init",
+        help="print a commented starting config for some tables, from the catalogue",
+        description="Read the catalogue and print a commented YAML configuration: key "
+        "templates from each table's primary key and unique indexes (user:{id}, "
+        "user_by_email:{email}), the replica identity each needs (a template the old row "
+        "cannot carry is written commented out, next to its ALTER TABLE), the source's "
+        "setup steps and the role's SQL. The output passes `check` against the same "
+        "database. A password in the DSN is never printed.",
+    )
+    p.add_argument(
+        "--dsn", required=True, help="the application database (a role that may read the catalogue)"
+    )
+    p.add_argument(
+        "--table",
+        action="append",
+        required=True,
+        metavar="[SCHEMA.]TABLE",
+        help="a table to watch (repeat for more; schema public unless given)",
+    )
+    p.add_argument("--source", choices=_source_kinds(), default="wal2json", help="default wal2json")
+    p.add_argument(
+        "--servers",
+        default="127.0.0.1:11211",
+        help="the apps' memcached servers, comma-separated as in MEMCACHED_SERVERS "
+        "(default 127.0.0.1:11211)",
+    )
+    p.add_argument("--slot", default="cache_invalidator", help="default cache_invalidator")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser(
         "check",

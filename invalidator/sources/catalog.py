@@ -72,7 +72,8 @@ class Catalogue:
         return self.tables.get((schema, table), TableFacts(False))
 
 
-def _quoted(name: str) -> str:
+def quoted_name(name: str) -> str:
+    """A SQL identifier, quoted only where it needs to be."""
     if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         return name
     return '"' + name.replace('"', '""') + '"'
@@ -80,7 +81,7 @@ def _quoted(name: str) -> str:
 
 def quoted_table(schema: str, table: str) -> str:
     """``schema.table`` as SQL, quoted only where a name needs it (``public.users``)."""
-    return f"{_quoted(schema)}.{_quoted(table)}"
+    return f"{quoted_name(schema)}.{quoted_name(table)}"
 
 
 # One row per requested table: kind, replica identity, columns (in order), NOT NULL
