@@ -4,6 +4,10 @@
 ``plan()`` (the specification), a refresh rule's value query, the pools' placements, the
 node channels, and the re-delete that closes the cache-aside race. ``settled`` counts what
 memcached answered. Sources own the transactions (``Txn``) the work is accounted to.
+
+With ``trace`` (``log.level: debug``) every operation is logged (key, node, rule, table,
+LSN), at most ``TRACE_PER_SECOND`` lines a second with a count of those left out; the C
+hot path is then not used, so that every key goes through ``plan()`` and is seen.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from invalidator.core.changes import Change
 from invalidator.core.operations import Operation, SkippedKey
 from invalidator.core.placement import Placement
 from invalidator.core.redelete import RedeleteScheduler
+from invalidator.core.routing import Routed
 from invalidator.core.rules import RuleSet, TableName, gap_operations, plan
 from invalidator.core.tracker import Txn
 from invalidator.errors import SourceError
@@ -24,6 +29,8 @@ from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Telemetry
 from invalidator.sinks.memcached.channel import FLUSH_OP, Entry
 from invalidator.sinks.memcached.nodeset import NodeSet
+
+TRACE_PER_SECOND = 100
 
 
 class ValueSource(Protocol):
@@ -45,6 +52,7 @@ class Pipeline:
         skips: SkipReporter,
         values: ValueSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        trace: bool = False,
     ):
         self.rules = rules
         self.nodes = nodes
@@ -57,6 +65,8 @@ class Pipeline:
         # A partition not known at start: the source resolves it to its watched parent.
         self.resolve_partition: Callable[[TableName], None] | None = None
         self._rules_version = 0
+        self.trace = trace
+        self._trace_window = (-1.0, 0, 0)  # (second started, lines logged, lines left out)
 
     # -- what sources see (sources.base.Feed) ---------------------------------------------
 
@@ -65,7 +75,8 @@ class Pipeline:
         return self._rules_version + self.nodes.version
 
     def placements(self) -> Mapping[str, Placement]:
-        return self.nodes.router.placements
+        """The pools the C hot path may take (none while tracing: every key is logged)."""
+        return {} if self.trace else self.nodes.router.placements
 
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
@@ -120,6 +131,8 @@ class Pipeline:
         if any(op.op == "refresh" and op.value is None for op in operations):
             operations = tuple(self._query_value(op, change) for op in operations)
         routed = self.nodes.submit(operations, txn)
+        if self.trace:
+            self._trace(routed, change)
         compiled = rules.rules
         now = 0.0
         for item in routed:
@@ -128,6 +141,37 @@ class Pipeline:
             if delay and op.op == "delete":
                 now = now or self.clock()
                 self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
+
+    def _trace(self, routed: Iterable[Routed], change: Change) -> None:
+        """A debug line per operation, ``TRACE_PER_SECOND`` at most."""
+        now = self.clock()
+        start, logged, dropped = self._trace_window
+        if now - start >= 1.0:
+            if dropped:
+                self.log.debug(
+                    "operation lines left out",
+                    count=dropped,
+                    limit=f"{TRACE_PER_SECOND} lines/s",
+                )
+            start, logged, dropped = now, 0, 0
+        for item in routed:
+            op = item.operation
+            if logged >= TRACE_PER_SECOND:
+                dropped += 1
+                continue
+            logged += 1
+            self.log.debug(
+                "operation",
+                op=op.op,
+                key=op.key,
+                node=item.node,
+                pool=op.pool,
+                rule=op.rule,
+                table=op.table,
+                change=change.kind,
+                lsn=op.lsn,
+            )
+        self._trace_window = (start, logged, dropped)
 
     def _query_value(self, op: Operation, change: Change) -> Operation:
         """Fill a query refresh's value; no row (or a failing query) becomes a delete."""

@@ -73,7 +73,14 @@ class Supervisor:
             connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
-        self.pipeline = Pipeline(compile_rules(config), self.nodes, self.telemetry, skips, values)
+        self.pipeline = Pipeline(
+            compile_rules(config),
+            self.nodes,
+            self.telemetry,
+            skips,
+            values,
+            trace=config.log.level == "debug",
+        )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
