@@ -480,7 +480,8 @@ def test_malformed_config_stops_run_with_one_line_and_exit_2(tmp_path: Path) -> 
     )
     assert (result.returncode, result.stderr) == (
         2,
-        f"{config}: rules[0] (table public.users): whenchanged: unknown field\n",
+        f"{config}: rules[0] (table public.users): whenchanged: unknown field"
+        " (did you mean 'when_changed'?)\n",
     )
 
 
