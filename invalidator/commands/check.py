@@ -83,7 +83,8 @@ class CheckContext:
 Check = Callable[[CheckContext], list[Finding]]
 
 
-def _n(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
+    """``1 rule``, ``2 rules``."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
@@ -111,9 +112,9 @@ def check_parsed(ctx: CheckContext) -> list[Finding]:
         Finding(
             "ok",
             "config",
-            f"parsed: {config.source.kind} source, {_n(len(config.rules), 'rule')} on "
-            f"{_n(len(tables), 'table')}, {_n(len(config.pools), 'pool')} "
-            f"({_n(nodes, 'static node')})",
+            f"parsed: {config.source.kind} source, {plural(len(config.rules), 'rule')} on "
+            f"{plural(len(tables), 'table')}, {plural(len(config.pools), 'pool')} "
+            f"({plural(nodes, 'static node')})",
         )
     ]
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from invalidator import __version__
-from invalidator.commands.check import Finding, all_checks, listed, preflight, summary
+from invalidator.commands.check import Finding, all_checks, listed, plural, preflight, summary
 from invalidator.commands.replay import replay
 from invalidator.config import Config, load_config
 from invalidator.config.build import compile_rules
@@ -79,7 +79,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(redact(f"  {finding}"))
     print(
         f"{source}: {totals['checks']} checks: {totals['passed']} passed, "
-        f"{totals['errors']} errors, {totals['warnings']} warnings"
+        f"{plural(totals['errors'], 'error')}, {plural(totals['warnings'], 'warning')}"
     )
     return code
 
@@ -110,8 +110,8 @@ def _preflight(config: Config, source: str, lenient: bool, log: Any) -> list[Fin
     raise ConfigError(
         "\n".join(
             [
-                f"{source}: run refuses to start: {len(stopping)} problems would leave keys "
-                "unbuilt or misplaced (fix them, or start anyway with --lenient)"
+                f"{source}: run refuses to start: {plural(len(stopping), 'problem')} would "
+                "leave keys unbuilt or misplaced (fix them, or start anyway with --lenient)"
             ]
             + [f"  {finding}" for finding in listed(findings)]
         )
