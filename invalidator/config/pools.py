@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from invalidator.config.fields import Duration, StrictModel
 from invalidator.core.placement.servers import node_name, parse_server
@@ -75,6 +75,22 @@ class PoolConfig(StrictModel):
     ttls: Mapping[str, int] = Field(default_factory=dict)
     redelete_after: Duration | None = None
     tls: TlsConfig | None = None
+    # The read replicas this pool's apps read on a cache miss (DSNs: secrets). An operation
+    # takes effect once every one of them has replayed its commit; ``replica_wait_max``
+    # bounds the wait for one that is down or far behind (then: apply now, and again when
+    # it catches up).
+    replicas: tuple[SecretStr, ...] = ()
+    replica_wait_max: Duration = 30.0
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        texts = [dsn.get_secret_value().strip() for dsn in value]
+        if any(not text for text in texts):
+            raise ValueError("a replica DSN is empty")
+        if len(set(texts)) != len(texts):
+            raise ValueError("a replica is listed twice")
+        return value
 
     @field_validator("servers")
     @classmethod

@@ -23,6 +23,7 @@ from invalidator.runtime.loop import EventLoop
 from invalidator.runtime.membership import Membership, Resolver
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import Pipeline, ValueSource
+from invalidator.runtime.replicas import gate_for
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Health, Telemetry
 from invalidator.sinks.memcached.connector import PLAIN, Connector
@@ -73,7 +74,10 @@ class Supervisor:
             connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
-        self.pipeline = Pipeline(compile_rules(config), self.nodes, self.telemetry, skips, values)
+        self.gate = gate_for(config.pools, self.telemetry)
+        self.pipeline = Pipeline(
+            compile_rules(config), self.nodes, self.telemetry, skips, values, gate=self.gate
+        )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
@@ -98,6 +102,8 @@ class Supervisor:
         # What exists now (modules, config, rules) lives as long as the process: keep it
         # out of every collection.
         gc.freeze()
+        if self.gate is not None:
+            self.gate.start()
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
@@ -121,6 +127,8 @@ class Supervisor:
         deadline = self.loop.deadline if self.stopping else self.loop.clock() + self.drain_timeout
         self.loop.service(deadline, drain=True)
         self.loop.close()
+        if self.gate is not None:
+            self.gate.close()
         self.source.close()
         if self.pipeline.values is not None:
             self.pipeline.values.close()
