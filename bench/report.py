@@ -77,6 +77,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             ),
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
+            Step("replicas", "replicas.py", ["--probes", "15"]),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -88,6 +89,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("latency", "latency.py", []),
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
         Step("tls", "tls.py", ["--rounds", "3"]),
+        Step("replicas", "replicas.py", []),
     ]
 
 
@@ -413,6 +415,37 @@ def tls_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def replica_rows(data: dict[str, Any]) -> list[Row]:
+    """Replica-aware invalidation against plain deletes, same load, by bench/replicas.py."""
+    modes = {m["mode"]: m for m in data["modes"]}
+    plain, hold = modes["no replicas"], modes["hold"]
+    delay = data["delay_ms"]
+    return [
+        [
+            f"replicas: commit -> key gone p50/p99 ms (standby {delay} ms behind)",
+            f"{fmt_num(hold['gone']['p50_ms'], 1)} / {fmt_num(hold['gone']['p99_ms'], 1)}",
+            f"{fmt_num(plain['gone']['p50_ms'], 1)} / {fmt_num(plain['gone']['p99_ms'], 1)}"
+            " (no replicas)",
+            "after replay",
+            yes(hold["gone"]["p50_ms"] >= hold["replayed"]["p50_ms"]),
+        ],
+        [
+            "replicas: commit -> standby replayed p50/p99 ms",
+            f"{fmt_num(hold['replayed']['p50_ms'], 1)} / {fmt_num(hold['replayed']['p99_ms'], 1)}",
+            "-",
+            "-",
+            "-",
+        ],
+        [
+            "replicas: keys holding an old row after the writes",
+            f"{hold['stale']} / {hold['cached']}",
+            f"{plain['stale']} / {plain['cached']} (no replicas)",
+            "0",
+            yes(hold["stale"] == 0),
+        ],
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -422,6 +455,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "placement": placement_rows,
     "hotpath": hotpath_rows,
     "tls": tls_rows,
+    "replicas": replica_rows,
 }
 ORDER = [
     "throughput",
@@ -432,6 +466,7 @@ ORDER = [
     "placement",
     "hotpath",
     "tls",
+    "replicas",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 

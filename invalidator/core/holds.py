@@ -76,6 +76,10 @@ class ReplicaHolds:
         """Transactions of ``pool`` held now."""
         return len(self._held[pool])
 
+    def watching(self, pool: str) -> bool:
+        """Something of ``pool`` waits for its replicas: held, or to be applied again."""
+        return bool(self._held[pool] or self._reapply[pool]) or pool in self._flush_after
+
     def oldest(self, pool: str) -> Hold | None:
         held = self._held[pool]
         return held[0] if held else None

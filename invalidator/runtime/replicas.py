@@ -98,14 +98,12 @@ class ReplicaGate:
         return now, held
 
     def hold(self, operations: Iterable[Operation], txn: Txn) -> None:
-        before = {pool: self.holds.waiting(pool) for pool in self.holds.pools}
         self.holds.hold(operations, txn, self.clock())
-        for pool, count in before.items():
-            if count == 0 and self.holds.waiting(pool):
-                for poller in self._pool_pollers[pool]:
-                    if not poller.active:
-                        poller.active = True
-                        poller.wake()
+        for op in operations:
+            for poller in self._pool_pollers[op.pool]:
+                if not poller.active:
+                    poller.active = True
+                    poller.wake()
 
     def release(self, now: float) -> Released:
         """What may go now; the caller sends it (``Pipeline.tick``)."""
@@ -118,10 +116,11 @@ class ReplicaGate:
                 observe(max(0.0, wall - hold.txn.txn_time))
         for hold in released.late:
             self._log_late(hold, now)
-        for pool, pollers in self._pool_pollers.items():
-            if not self.holds.waiting(pool):
-                for poller in pollers:
-                    poller.active = False
+        watched = {pool for pool in self._pool_pollers if self.holds.watching(pool)}
+        for poller in self.pollers:
+            poller.active = any(
+                poller in self._pool_pollers[pool] for pool in watched
+            )  # poll fast while anything of its pools waits for it
         return released
 
     @staticmethod
