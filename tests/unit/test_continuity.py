@@ -9,15 +9,17 @@ from invalidator.sources.catalog import Server, SlotStatus
 from invalidator.sources.continuity import (
     NEW_TIMELINE,
     OTHER_CLUSTER,
+    SLOT_ADVANCED,
     SLOT_LOST,
     SLOT_MISSING,
+    Continuity,
     Marker,
     detect_gap,
 )
 
 SERVER = Server("7412345678901234567", 1)
 MARKER = Marker("7412345678901234567", 1, 0x1000)
-SLOT = SlotStatus("inval", exists=True, wal_status="reserved")
+SLOT = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/1000")
 MISSING = SlotStatus("inval", exists=False)
 
 
@@ -108,3 +110,67 @@ def test_bump_flushes_a_pool_whose_counters_are_per_row() -> None:
     rules = [{"table": "users", "keys": ["user:{id}:gen"], "action": "bump", "pool": "counters"}]
     ops = gap_operations(rules_for(POOLS, rules), ["counters"], "bump", SLOT_MISSING)
     assert [(op.op, op.pool) for op in ops] == [("flush", "counters")]
+
+
+def test_a_slot_confirmed_past_the_marker_was_moved_by_someone_else() -> None:
+    """pg_replication_slot_advance or another consumer skipped changes the daemon never
+    saw: the marker is always written before the slot is confirmed past it."""
+    ahead = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/1001")
+    assert detect_gap(MARKER, ahead, SERVER) == SLOT_ADVANCED
+
+
+def test_a_slot_behind_its_marker_is_no_gap() -> None:
+    """The marker runs ahead (a horizon), the slot catches up to it."""
+    behind = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/800")
+    assert detect_gap(MARKER, behind, SERVER) is None
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def confirmed(self, server: Server, position: int) -> None:
+        self.written.append(position)
+
+
+def tracked() -> tuple[Continuity, FakeStore]:
+    continuity = Continuity(None, "inval", "flush")  # type: ignore[arg-type]
+    store = FakeStore()
+    continuity.store = store  # type: ignore[assignment]
+    continuity.tracked = True
+    continuity.server = SERVER
+    return continuity, store
+
+
+def test_the_marker_moves_before_the_slot_may_be_confirmed_past_it() -> None:
+    continuity, store = tracked()
+    continuity.worked(0x5000)
+    assert continuity.allowed(100.0, 0x5000, 0x6000) == 0x5000
+    assert store.written and store.written[0] >= 0x6000  # beyond the WAL end, first
+
+
+def test_the_slot_waits_for_the_next_marker_write_within_a_second() -> None:
+    continuity, store = tracked()
+    continuity.worked(0x5000)
+    horizon = continuity.allowed(100.0, 0x5000, 0x5000)
+    assert horizon == 0x5000
+    far = store.written[-1] + 1
+    continuity.worked(far)
+    assert continuity.allowed(100.5, far, far) == store.written[-1]  # held at the horizon
+    assert continuity.allowed(101.0, far, far) == far
+    assert len(store.written) == 2
+
+
+def test_idle_keepalives_move_the_marker_only_every_ten_seconds() -> None:
+    continuity, store = tracked()
+    continuity.allowed(100.0, 0x5000, 0x5000)
+    far = store.written[-1] + 1
+    assert continuity.allowed(105.0, far, far) < far
+    assert continuity.allowed(110.0, far, far) == far
+
+
+def test_an_untracked_marker_never_holds_the_slot() -> None:
+    continuity, store = tracked()
+    continuity.tracked = False
+    assert continuity.allowed(100.0, 0x9000, 0x9000) == 0x9000
+    assert store.written == []
