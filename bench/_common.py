@@ -372,14 +372,15 @@ class Bench:
         create_slot: bool = True,
         pool: dict[str, Any] | None = None,
         dsn: str | None = None,
+        servers: Sequence[str] | None = None,
     ) -> DaemonProcess:
         """A DaemonProcess for this cluster (or ``dsn``) and pool (``pool``: more pool
-        settings), not started; stopped on exit."""
+        settings; ``servers``: other than the pool's), not started; stopped on exit."""
         proc = DaemonProcess(
             dsn=dsn or self.cluster.dsn(),
             pool=pool,
             slot=slot,
-            servers=self.pool.servers,
+            servers=servers if servers is not None else self.pool.servers,
             rules=rules,
             workdir=self.workdir,
             create_slot=create_slot,

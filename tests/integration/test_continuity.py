@@ -334,3 +334,94 @@ def test_a_slot_advanced_by_someone_else_flushes_the_pools(
         assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
         assert second.breakdown("invalidator_gaps_total", "reason") == {"slot_advanced": 1}
         assert "someone else advanced it" in second.log_text()
+
+
+# -- the notify source: the outbox's marker ------------------------------------------------
+
+
+def notify_daemon(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, name: str, **source: object
+) -> DaemonProcess:
+    return DaemonProcess.create(
+        tmp_path,
+        name=name,
+        dsn=users_db.dsn,
+        slot="outboxed",
+        servers=memcached.servers,
+        rules=RULES,
+        kind="notify",
+        **source,
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("DROP TABLE invalidator.outbox", "outbox_recreated"),
+        ("DROP TRIGGER invalidator_capture ON users", "trigger_missing"),
+    ],
+    ids=["outbox dropped", "trigger dropped"],
+)
+def test_a_damaged_outbox_while_the_daemon_was_down_flushes_the_pools(
+    tmp_path: Path,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+    damage: str,
+    reason: str,
+) -> None:
+    """The outbox (with its unread rows) or a table's trigger was dropped while the daemon
+    was down: the changes meanwhile are unknown, so the pools are emptied — once."""
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    cache_and_change(app, users_db)  # recorded in the outbox, or not at all
+    users_db.execute(damage)
+    second = notify_daemon(tmp_path, users_db, memcached, "second")
+    with second.start():
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+        assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
+        assert second.breakdown("invalidator_gaps_total", "reason") == {reason: 1}
+        assert wait_until(lambda: "gap answered" in second.log_text(), timeout=15)
+        app.set("user:200", "cached")
+        users_db.execute("UPDATE users SET name = 'after' WHERE id = 200")
+        assert wait_gone(app, ["user:200"]) == []
+    # Answered: the next start finds the outbox as it left it.
+    for i in UNCHANGED:
+        app.set(f"user:{i}", "cached")
+    third = notify_daemon(tmp_path, users_db, memcached, "third")
+    with third.start():
+        assert third.metric("invalidator_gaps_total") == 0
+        assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
+
+
+def test_a_notify_restart_without_damage_flushes_nothing(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    for i in UNCHANGED:
+        app.set(f"user:{i}", "cached")
+    app.set("user:5", "cached")
+    users_db.execute("UPDATE users SET name = 'x' WHERE id = 5")  # recorded while down
+    with first.start():
+        assert wait_gone(app, ["user:5"]) == []
+        assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
+        assert first.metric("invalidator_gaps_total") == 0
+
+
+def test_notify_on_gap_refuse_stays_unready_with_the_reason(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    users_db.execute("DROP TRIGGER invalidator_capture ON users")
+    app.set("user:401", "cached")
+    refusing = notify_daemon(tmp_path, users_db, memcached, "refusing", on_gap="refuse")
+    with refusing.start(wait=False):
+        assert wait_until(lambda: "trigger_missing" in readyz(refusing), timeout=15), (
+            refusing.log_tail()
+        )
+        assert app.get("user:401") == b"cached"  # nothing flushed

@@ -16,6 +16,12 @@ from invalidator.sources.continuity import (
     Marker,
     detect_gap,
 )
+from invalidator.sources.outbox_continuity import (
+    OUTBOX_RECREATED,
+    TRIGGER_MISSING,
+    OutboxMarker,
+    detect_outbox_gap,
+)
 
 SERVER = Server("7412345678901234567", 1)
 MARKER = Marker("7412345678901234567", 1, 0x1000)
@@ -174,3 +180,39 @@ def test_an_untracked_marker_never_holds_the_slot() -> None:
     continuity.tracked = False
     assert continuity.allowed(100.0, 0x9000, 0x9000) == 0x9000
     assert store.written == []
+
+
+# -- the notify source's outbox ----------------------------------------------------------
+
+OUTBOX = OutboxMarker(16400, frozenset({"public.users", "public.orders"}))
+
+
+def test_an_outbox_without_a_marker_is_a_first_start() -> None:
+    assert detect_outbox_gap(None, 16400, frozenset()) is None
+
+
+def test_the_same_outbox_and_triggers_is_no_gap() -> None:
+    assert detect_outbox_gap(OUTBOX, 16400, frozenset({"public.users", "public.orders"})) is None
+
+
+def test_an_outbox_created_again_is_a_gap() -> None:
+    """Its unread rows went with the old table."""
+    found = detect_outbox_gap(OUTBOX, 16999, frozenset({"public.users", "public.orders"}))
+    assert found is not None and found[0] == OUTBOX_RECREATED
+
+
+def test_a_dropped_trigger_is_a_gap_naming_the_table() -> None:
+    found = detect_outbox_gap(OUTBOX, 16400, frozenset({"public.users"}))
+    assert found == (TRIGGER_MISSING, "capture triggers were dropped from public.orders")
+
+
+def test_a_table_newly_watched_is_no_gap() -> None:
+    """A rule added since: its trigger is installed now, nothing was missed before."""
+    now = frozenset({"public.users", "public.orders", "public.items"})
+    assert detect_outbox_gap(OUTBOX, 16400, now) is None
+
+
+def test_an_unanswered_outbox_gap_stays_the_gap() -> None:
+    pending = OutboxMarker(16400, OUTBOX.tables, TRIGGER_MISSING)
+    found = detect_outbox_gap(pending, 16400, OUTBOX.tables)
+    assert found is not None and found[0] == TRIGGER_MISSING
