@@ -10,12 +10,14 @@ from typing import Any
 
 from invalidator.core.placement.base import Placement
 from invalidator.core.placement.broadcast import Broadcast
+from invalidator.core.placement.gomemcache import GoMemcache
 from invalidator.core.placement.grace import GracePlacement
 from invalidator.core.placement.rendezvous import Rendezvous, hash_bytes
 from invalidator.core.placement.servers import node_name, parse_server
 
 __all__ = [
     "Broadcast",
+    "GoMemcache",
     "GracePlacement",
     "Placement",
     "Rendezvous",
@@ -34,6 +36,8 @@ def placement_for(
 ) -> Placement:
     """The placement of the apps' ``client`` library with its ``behaviors`` over
     ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``)."""
+    if client == "gomemcache":
+        return GoMemcache(servers, behaviors or {})
     if behaviors:
         raise ValueError(f"client {client!r} takes no behaviors (got {sorted(behaviors)})")
     if client == "broadcast":
