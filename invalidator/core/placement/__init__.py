@@ -12,6 +12,8 @@ from invalidator.core.placement.base import Placement
 from invalidator.core.placement.broadcast import Broadcast
 from invalidator.core.placement.gomemcache import GoMemcache
 from invalidator.core.placement.grace import GracePlacement
+from invalidator.core.placement.memjs import MemJS
+from invalidator.core.placement.node_memcached import NodeMemcached
 from invalidator.core.placement.rendezvous import Rendezvous, hash_bytes
 from invalidator.core.placement.servers import node_name, parse_server
 
@@ -19,6 +21,8 @@ __all__ = [
     "Broadcast",
     "GoMemcache",
     "GracePlacement",
+    "MemJS",
+    "NodeMemcached",
     "Placement",
     "Rendezvous",
     "hash_bytes",
@@ -38,6 +42,10 @@ def placement_for(
     ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``)."""
     if client == "gomemcache":
         return GoMemcache(servers, behaviors or {})
+    if client == "memjs":
+        return MemJS(servers, behaviors or {})
+    if client == "node-memcached":
+        return NodeMemcached(servers, behaviors or {})
     if behaviors:
         raise ValueError(f"client {client!r} takes no behaviors (got {sorted(behaviors)})")
     if client == "broadcast":
