@@ -10,6 +10,7 @@ from typing import Any
 
 from invalidator.core.placement.base import Placement
 from invalidator.core.placement.broadcast import Broadcast
+from invalidator.core.placement.dalli import Dalli
 from invalidator.core.placement.gomemcache import GoMemcache
 from invalidator.core.placement.grace import GracePlacement
 from invalidator.core.placement.memjs import MemJS
@@ -19,6 +20,7 @@ from invalidator.core.placement.servers import node_name, parse_server
 
 __all__ = [
     "Broadcast",
+    "Dalli",
     "GoMemcache",
     "GracePlacement",
     "MemJS",
@@ -40,6 +42,8 @@ def placement_for(
 ) -> Placement:
     """The placement of the apps' ``client`` library with its ``behaviors`` over
     ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``)."""
+    if client == "dalli":
+        return Dalli(servers, behaviors or {})
     if client == "gomemcache":
         return GoMemcache(servers, behaviors or {})
     if client == "memjs":
