@@ -60,14 +60,18 @@ def collect(
     return cases, skipped
 
 
+def is_ip(host: str) -> bool:
+    """An IP address literal, not a name (resolving a name would use DNS)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def has_hostname(case: dict[str, Any]) -> bool:
-    """A host that is a name, not an IP address literal (resolving it would use DNS)."""
-    for host, _ in case["hosts"]:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return True
-    return False
+    """A host of the case is a name."""
+    return not all(is_ip(host) for host, _ in case["hosts"])
 
 
 def config_servers(case: dict[str, Any], weights: bool = False) -> list[str]:

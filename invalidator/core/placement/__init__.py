@@ -17,6 +17,7 @@ from invalidator.core.placement.memjs import MemJS
 from invalidator.core.placement.node_memcached import NodeMemcached
 from invalidator.core.placement.rendezvous import Rendezvous, hash_bytes
 from invalidator.core.placement.servers import node_name, parse_server
+from invalidator.core.placement.spymemcached import Spymemcached
 
 __all__ = [
     "Broadcast",
@@ -27,6 +28,7 @@ __all__ = [
     "NodeMemcached",
     "Placement",
     "Rendezvous",
+    "Spymemcached",
     "hash_bytes",
     "node_name",
     "parse_server",
@@ -50,6 +52,8 @@ def placement_for(
         return MemJS(servers, behaviors or {})
     if client == "node-memcached":
         return NodeMemcached(servers, behaviors or {})
+    if client == "spymemcached":
+        return Spymemcached(servers, behaviors or {})
     if behaviors:
         raise ValueError(f"client {client!r} takes no behaviors (got {sorted(behaviors)})")
     if client == "broadcast":
