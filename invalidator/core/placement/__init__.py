@@ -5,7 +5,7 @@ One module per client's placement; ``placement_for`` picks one from plain pool s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from invalidator.core.placement.base import Placement
@@ -43,21 +43,30 @@ def placement_for(
     fallback_depth: int = 0,
 ) -> Placement:
     """The placement of the apps' ``client`` library with its ``behaviors`` over
-    ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``)."""
-    if client == "dalli":
-        return Dalli(servers, behaviors or {})
-    if client == "gomemcache":
-        return GoMemcache(servers, behaviors or {})
-    if client == "memjs":
-        return MemJS(servers, behaviors or {})
-    if client == "node-memcached":
-        return NodeMemcached(servers, behaviors or {})
-    if client == "spymemcached":
-        return Spymemcached(servers, behaviors or {})
+    ``servers``, in their order (``rendezvous`` is the older name of ``pymemcache``).
+
+    ``mcrouter``: the router places keys itself, so every operation goes to the router
+    node(s) listed, each of them (routers may front different pools; deletes repeat
+    harmlessly)."""
+    chosen = _CLIENTS.get(client)
+    if chosen is not None:
+        if fallback_depth:
+            raise ValueError(f"client {client!r}: fallback_depth is only for pymemcache")
+        return chosen(servers, behaviors or {})
     if behaviors:
         raise ValueError(f"client {client!r} takes no behaviors (got {sorted(behaviors)})")
-    if client == "broadcast":
+    if client in ("broadcast", "mcrouter"):
         return Broadcast(servers)
     if client in ("pymemcache", "rendezvous"):
         return Rendezvous(servers, fallback_depth)
     raise ValueError(f"unknown client {client!r}")
+
+
+# Clients whose placement class takes (servers, behaviors) and nothing else.
+_CLIENTS: dict[str, Callable[[Sequence[str], Mapping[str, Any]], Placement]] = {
+    "dalli": Dalli,
+    "gomemcache": GoMemcache,
+    "memjs": MemJS,
+    "node-memcached": NodeMemcached,
+    "spymemcached": Spymemcached,
+}
