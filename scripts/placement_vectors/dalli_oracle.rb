@@ -4,7 +4,19 @@
 # server's alive? (which would connect) answers true and its request records the server
 # and stops there, so nothing touches the network. Prints per key the index of the chosen
 # server in the app's list, or -1 when the client refused the key.
+# With `--set` first (live_check.py), the client really stores each key instead and prints
+# 1 per stored key, -1 per refused one.
 require 'dalli'
+
+if ARGV[0] == '--set'
+  client = Dalli::Client.new(ARGV[2..])
+  File.foreach(ARGV[1], chomp: true, encoding: 'UTF-8') do |key|
+    puts(client.set(key, '1', 0, raw: true) ? 1 : -1)
+  rescue ArgumentError, Dalli::DalliError
+    puts(-1)
+  end
+  exit
+end
 
 class Stop < StandardError; end
 

@@ -7,7 +7,9 @@
 // KetamaConnectionFactory (weights); its nodes are stand-ins that only carry the address.
 // Each key goes through StringUtils.validateKey (as MemcachedClient does) and then
 // locator.getPrimary. Prints one line per spec: per key the index of the primary node in
-// the app's list, or -1 when the client refuses the key.
+// the app's list, or -1 when the client refuses the key. With `--set` first
+// (live_check.py), a MemcachedClient over the same factory really stores each key of the
+// first spec line instead and prints 1 per stored key, -1 per refused one.
 import java.lang.reflect.Proxy;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
@@ -44,7 +46,49 @@ class spymemcached_oracle {
         });
   }
 
+  static void set(List<String> keys, String spec) throws Exception {
+    String[] parts = spec.trim().split(" ");
+    List<InetSocketAddress> addresses = new ArrayList<>();
+    Map<InetSocketAddress, Integer> weights = new HashMap<>();
+    for (int i = 2; i < parts.length; i++) {
+      String[] server = parts[i].split("=");
+      InetSocketAddress address = AddrUtil.getAddresses(server[0]).get(0);
+      if (server.length > 1) weights.put(address, Integer.valueOf(server[1]));
+      addresses.add(address);
+    }
+    DefaultHashAlgorithm hash = DefaultHashAlgorithm.valueOf(parts[1]);
+    net.spy.memcached.ConnectionFactory factory = weights.isEmpty()
+        ? new ConnectionFactoryBuilder()
+            .setLocatorType(ConnectionFactoryBuilder.Locator.valueOf(parts[0]))
+            .setHashAlg(hash).build()
+        : new KetamaConnectionFactory(
+            DefaultConnectionFactory.DEFAULT_OP_QUEUE_LEN,
+            DefaultConnectionFactory.DEFAULT_READ_BUFFER_SIZE,
+            DefaultConnectionFactory.DEFAULT_OP_QUEUE_MAX_BLOCK_TIME,
+            hash, KetamaNodeKeyFormatter.Format.SPYMEMCACHED, weights);
+    net.spy.memcached.MemcachedClient client =
+        new net.spy.memcached.MemcachedClient(factory, addresses);
+    StringBuilder out = new StringBuilder();
+    for (String key : keys) {
+      int stored;
+      try {
+        stored = client.set(key, 0, "1").get() ? 1 : -1;
+      } catch (IllegalArgumentException refused) {
+        stored = -1;
+      }
+      out.append(stored).append('\n');
+    }
+    client.shutdown();
+    System.out.print(out);
+  }
+
   public static void main(String[] argv) throws Exception {
+    if (argv[0].equals("--set")) {
+      List<String> keys = Files.readAllLines(Paths.get(argv[1]), StandardCharsets.UTF_8);
+      set(keys, new java.io.BufferedReader(
+          new java.io.InputStreamReader(System.in, StandardCharsets.UTF_8)).readLine());
+      return;
+    }
     List<String> keys = Files.readAllLines(Paths.get(argv[0]), StandardCharsets.UTF_8);
     java.io.BufferedReader specs = new java.io.BufferedReader(
         new java.io.InputStreamReader(System.in, StandardCharsets.UTF_8));
