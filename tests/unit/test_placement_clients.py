@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from invalidator.core.placement import node_name, placement_for
+from invalidator.core.placement.java_string import hash_code, utf16_units
 from invalidator.core.placement.weights import split_weight
 from tests.placement_vectors import FIXTURES, corpus_keys, load
 
@@ -204,3 +205,13 @@ def test_split_weight_refuses_a_weight_that_is_not_positive(bad: str) -> None:
     """A weight is a whole number of at least 1, named in the error."""
     with pytest.raises(ValueError, match="weight"):
         split_weight(bad)
+
+
+@pytest.mark.parametrize("length", [0, 1, 1023, 1024, 1025, 3000])
+def test_java_string_hash_composes_like_java_for_any_length(length: int) -> None:
+    """``(a + b).hashCode() == a.hashCode() * 31**len(b) + b.hashCode()`` (mod 2**32), on
+    both sides of the precomputed powers' size and for astral characters (2 units)."""
+    a = ("k€🙂" * length)[:length]
+    b = "user:42:é🚀"
+    composed = (hash_code(a) * pow(31, len(utf16_units(b)), 1 << 32) + hash_code(b)) % (1 << 32)
+    assert hash_code(a + b) == composed

@@ -7,20 +7,16 @@ made non-negative with ``Math.abs``, modulo the number of servers, in the order 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.java_string import hash_code, signed
 from invalidator.core.placement.servers import node_name
 
 
 def string_hash(key: str) -> int:
     """memjs ``utils.hashCode``: ``Math.abs`` of Java's ``String.hashCode``."""
-    data = key.encode("utf-16-le", "surrogatepass")
-    h = 0
-    for unit in struct.unpack(f"<{len(data) // 2}H", data):
-        h = (31 * h + unit) & 0xFFFFFFFF
-    return abs(h - 0x1_0000_0000 if h & 0x8000_0000 else h)
+    return abs(signed(hash_code(key)))
 
 
 class MemJS:

@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.java_string import hash_code, utf16_units
 from invalidator.core.placement.servers import node_name, parse_server
 from invalidator.core.placement.weights import split_weight
 
@@ -39,19 +40,6 @@ _FNV_64_INIT, _FNV_64_PRIME = 0xCBF29CE484222325, 0x100000001B3
 _FNV_32_INIT, _FNV_32_PRIME = 2166136261, 16777619
 
 
-def _units(key: str) -> tuple[int, ...]:
-    """The UTF-16 code units of ``key``: Java's ``charAt``."""
-    data = key.encode("utf-16-le", "surrogatepass")
-    return struct.unpack(f"<{len(data) // 2}H", data)
-
-
-def _native(key: str) -> int:
-    h = 0
-    for unit in _units(key):
-        h = (31 * h + unit) & _M32
-    return h
-
-
 def _crc(key: str) -> int:
     return (zlib.crc32(key.encode("utf-8", "surrogatepass")) >> 16) & 0x7FFF
 
@@ -59,7 +47,7 @@ def _crc(key: str) -> int:
 def _fnv(init: int, prime: int, mask: int, xor_first: bool) -> Callable[[str], int]:
     def fnv(key: str) -> int:
         h = init
-        for unit in _units(key):
+        for unit in utf16_units(key):
             h = ((h ^ unit) * prime) & mask if xor_first else ((h * prime) & mask) ^ unit
         return h & _M32
 
@@ -72,7 +60,7 @@ def _ketama(key: str) -> int:
 
 # DefaultHashAlgorithm.hash: every result is truncated to 32 bits.
 HASHES: dict[str, Callable[[str], int]] = {
-    "native": _native,
+    "native": hash_code,
     "crc": _crc,
     "fnv1_64": _fnv(_FNV_64_INIT, _FNV_64_PRIME, _M64, xor_first=False),
     "fnv1a_64": _fnv(_FNV_64_INIT, _FNV_64_PRIME, _M64, xor_first=True),
