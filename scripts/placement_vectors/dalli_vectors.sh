@@ -5,9 +5,8 @@ set -euo pipefail
 out=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-if ! command -v ruby >/dev/null || ! ruby -e 'require "dalli"' 2>/dev/null; then
-  apt-get install -y -qq ruby ruby-dalli >/dev/null
-fi
+. "$here/debian_packages.sh"
+need_debian ruby ruby-dalli
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=python3
 version=$(ruby -e 'require "dalli"; print Dalli::VERSION')

@@ -6,10 +6,8 @@ set -euo pipefail
 out=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-src=/usr/share/gocode/src/github.com/bradfitz/gomemcache
-if ! command -v go >/dev/null || [ ! -d "$src" ]; then
-  apt-get install -y -qq golang-go golang-github-bradfitz-gomemcache-dev >/dev/null
-fi
+. "$here/debian_packages.sh"
+need_debian golang-go golang-github-bradfitz-gomemcache-dev
 build="$root/.vectors/go"
 mkdir -p "$build"
 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$build/cache" \

@@ -7,9 +7,9 @@ out=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 jar=/usr/share/java/spymemcached.jar
-if ! command -v java >/dev/null || [ ! -f "$jar" ]; then
-  apt-get install -y -qq default-jdk-headless libspymemcached-java >/dev/null
-fi
+. "$here/debian_packages.sh"
+command -v java >/dev/null || need_debian default-jdk-headless
+need_debian libspymemcached-java
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=python3
 package=$(dpkg-query -W -f '${Version}' libspymemcached-java)
