@@ -78,6 +78,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
             Step("replicas", "replicas.py", ["--probes", "15"]),
+            Step("vanished_node", "vanished_node.py", ["--samples", "100"]),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -90,6 +91,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
         Step("tls", "tls.py", ["--rounds", "3"]),
         Step("replicas", "replicas.py", []),
+        Step("vanished_node", "vanished_node.py", []),
     ]
 
 
@@ -446,6 +448,23 @@ def replica_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def vanished_rows(data: dict[str, Any]) -> list[Row]:
+    """Healthy nodes' latency with a fourth node whose name does not resolve, by
+    bench/vanished_node.py (four real nodes as the reference, same run)."""
+    runs = {r["mode"]: r["latency"] for r in data["runs"]}
+    base, vanished = runs["4 nodes"], runs["1 unresolvable"]
+    return [
+        [
+            f"one unresolvable node: healthy keys gone p{q} ms ({data['rate']} tps)",
+            fmt_num(vanished[f"p{q}_ms"]),
+            f"{fmt_num(base[f'p{q}_ms'])} (4 real nodes)",
+            f"{vanished[f'p{q}_ms'] / base[f'p{q}_ms']:.2f}x",
+            "-",
+        ]
+        for q in (50, 99)
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -456,6 +475,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "hotpath": hotpath_rows,
     "tls": tls_rows,
     "replicas": replica_rows,
+    "vanished_node": vanished_rows,
 }
 ORDER = [
     "throughput",
@@ -467,6 +487,7 @@ ORDER = [
     "hotpath",
     "tls",
     "replicas",
+    "vanished_node",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 
