@@ -304,6 +304,8 @@ def test_a_failover_to_a_promoted_standby_flushes_the_pools(
             # promoted standby, and its timeline is newer than the marker's.
             assert set(reasons) <= {"slot_missing", "new_timeline"}, reasons
             assert "continuity lost" in promoted.log_text()
+            continuity = status(promoted)["continuity"]
+            assert isinstance(continuity, dict) and continuity["last_gap"] in reasons
             # It streams from the new primary: a later change is invalidated as usual.
             app.set("user:200", "cached")
             standby.execute(
@@ -334,6 +336,8 @@ def test_a_slot_advanced_by_someone_else_flushes_the_pools(
         assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
         assert second.breakdown("invalidator_gaps_total", "reason") == {"slot_advanced": 1}
         assert "someone else advanced it" in second.log_text()
+        continuity = status(second)["continuity"]
+        assert isinstance(continuity, dict) and continuity["last_gap"] == "slot_advanced"
 
 
 # -- the notify source: the outbox's marker ------------------------------------------------
