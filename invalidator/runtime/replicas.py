@@ -41,8 +41,14 @@ class ReplicaGate:
         pools: Mapping[str, PoolReplicas],
         telemetry: Telemetry,
         clock: Callable[[], float] = time.monotonic,
-        poller: Callable[[str, Callable[[], None]], ReplicaPoller] = ReplicaPoller,
+        poller: Callable[[str, Callable[[], None]], ReplicaPoller] | None = None,
+        primary_dsn: str | None = None,
     ):
+        if poller is None:
+
+            def poller(dsn: str, wake: Callable[[], None]) -> ReplicaPoller:
+                return ReplicaPoller(dsn, wake, primary_dsn=primary_dsn)
+
         self.telemetry = telemetry
         self.clock = clock
         self.holds = ReplicaHolds({name: pool.wait_max for name, pool in pools.items()})
@@ -189,8 +195,11 @@ class ReplicaGate:
             self.telemetry.log.info("replica reachable again", replica=poller.label)
 
 
-def gate_for(pools: Mapping[str, PoolConfig], telemetry: Telemetry) -> ReplicaGate | None:
-    """A gate for the pools that list ``replicas`` (None when none does)."""
+def gate_for(
+    pools: Mapping[str, PoolConfig], telemetry: Telemetry, primary_dsn: str | None = None
+) -> ReplicaGate | None:
+    """A gate for the pools that list ``replicas`` (None when none does); each replica is
+    checked to be a standby of ``primary_dsn``'s cluster."""
     wanted = {
         name: PoolReplicas(
             tuple(dsn.get_secret_value() for dsn in pool.replicas), pool.replica_wait_max
@@ -198,4 +207,4 @@ def gate_for(pools: Mapping[str, PoolConfig], telemetry: Telemetry) -> ReplicaGa
         for name, pool in pools.items()
         if pool.replicas
     }
-    return ReplicaGate(wanted, telemetry) if wanted else None
+    return ReplicaGate(wanted, telemetry, primary_dsn=primary_dsn) if wanted else None

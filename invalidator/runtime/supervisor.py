@@ -74,7 +74,8 @@ class Supervisor:
             connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
-        self.gate = gate_for(config.pools, self.telemetry)
+        dsn = config.source.dsn.get_secret_value() if config.source.dsn is not None else None
+        self.gate = gate_for(config.pools, self.telemetry, dsn)
         self.pipeline = Pipeline(
             compile_rules(config), self.nodes, self.telemetry, skips, values, gate=self.gate
         )

@@ -23,6 +23,9 @@ SLOW_POLL = 1.0  # otherwise: the lag metric and reachability only
 RETRY = 1.0  # after a failed connection or query
 CONNECT_TIMEOUT = 5
 
+_SYSTEM = "SELECT system_identifier::text FROM pg_control_system()"
+MISMATCH_RETRY = 10.0  # a replica of another cluster: check again this often
+
 # On a standby: what it has replayed. On a server that is not in recovery (the primary
 # listed by mistake, or a promoted replica), its WAL end: everything is visible there.
 _REPLAYED = (
@@ -49,15 +52,19 @@ class ReplicaPoller:
         dsn: str,
         on_advance: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
+        primary_dsn: str | None = None,
     ):
         self.label = replica_label(dsn)
         self._dsn = dsn
+        self._primary_dsn = primary_dsn
+        self._primary_system: str | None = None
         self._on_advance = on_advance
         self._clock = clock
         self.replayed: int | None = None  # None until the first answer
         self.error: str | None = None
         self.last_ok = 0.0  # clock() of the last answer
         self.active = False  # someone waits: poll fast
+        self.mismatched = False  # it is another cluster's server, not a standby of ours
         self._kick = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"replica {self.label}", daemon=True)
@@ -80,12 +87,44 @@ class ReplicaPoller:
                 with psycopg.connect(
                     self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
                 ) as conn:
-                    self._poll(conn)
+                    mismatch = self._other_cluster(conn)
+                    self.mismatched = mismatch is not None
+                    if mismatch is None:
+                        self._poll(conn)
+                    else:
+                        self.error = mismatch
             except psycopg.Error as exc:
                 self.error = str(source_error("replica unreachable", exc, self._dsn))
             if not self._stopping:
-                self._kick.wait(RETRY)
+                self._kick.wait(
+                    MISMATCH_RETRY if self.error and "standby of" in self.error else RETRY
+                )
                 self._kick.clear()
+
+    def _other_cluster(self, conn: psycopg.Connection[tuple[object, ...]]) -> str | None:
+        """Why this is not a standby of the primary (another system identifier: its
+        positions mean nothing here), or None. Unchecked without the primary's DSN."""
+        if self._primary_dsn is None:
+            return None
+        if self._primary_system is None:
+            try:
+                with psycopg.connect(
+                    self._primary_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                ) as primary:
+                    row = primary.execute(_SYSTEM).fetchone()
+            except psycopg.Error as exc:
+                raise psycopg.OperationalError(
+                    str(source_error("primary unreachable", exc, self._primary_dsn))
+                ) from None
+            self._primary_system = str(row[0]) if row is not None else ""
+        row = conn.execute(_SYSTEM).fetchone()
+        system = str(row[0]) if row is not None else ""
+        if system == self._primary_system:
+            return None
+        return (
+            f"{self.label} is not a standby of the primary (system identifier {system},"
+            f" the primary's {self._primary_system}): its replay positions mean nothing here"
+        )
 
     def _poll(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         while not self._stopping:

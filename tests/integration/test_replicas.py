@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from tests.cache_aside import app_client, wait_until
+from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
 from tests.integration.test_race import caught_up
 from tests.services import MemcachedPool, PgDatabase, PostgresStandby, free_port
@@ -228,3 +229,28 @@ def test_a_late_delete_is_applied_again_once_the_replica_has_replayed(
             )
     finally:
         pg_standby.set_apply_delay(0)
+
+
+def test_a_replica_of_another_cluster_is_refused_by_name_and_never_trusted(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """A replica DSN that reaches an unrelated cluster: its WAL positions say nothing about
+    ours, so its "replay" must not release anything — the wait runs out instead, loudly."""
+    users(pg_db)
+    with running_postgres() as other:
+        proc = DaemonProcess.create(
+            tmp_path,
+            dsn=pg_db.dsn,
+            slot="othercluster",
+            servers=memcached.servers,
+            rules=[RULE],
+            pool={"replicas": [other.dsn()], "replica_wait_max": "2s"},
+        )
+        cache = app_client(memcached.servers)
+        with proc.start(), contextlib.closing(cache):
+            cache.set("user:1", "old", expire=300)
+            pg_db.execute("UPDATE users SET name = 'new' WHERE id = 1")
+            time.sleep(1.0)
+            assert cache.get("user:1") == b"old"  # not released by the other cluster's LSN
+            assert wait_until(lambda: cache.get("user:1") is None, timeout=10)
+            assert wait_until(lambda: "is not a standby of the primary" in proc.log_text(), 10)
