@@ -227,6 +227,9 @@ def test_a_late_delete_is_applied_again_once_the_replica_has_replayed(
             assert wait_until(
                 lambda: proc.metric("invalidator_operations_total", op="reapply") >= 1, timeout=5
             )
+            (shown,) = json.loads(proc.cli("status").stdout)["replicas"]["default"]
+            assert shown["replica"] == f"127.0.0.1:{pg_standby.port}/{pg_db.name}"
+            assert shown["replayed_lsn"] is not None and "error" not in shown
     finally:
         pg_standby.set_apply_delay(0)
 
