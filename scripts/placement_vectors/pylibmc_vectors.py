@@ -65,10 +65,12 @@ def debian_version(package: str) -> str:
 
 def main(out_dir: Path) -> None:
     keys = corpus.keys()
+    bundled = (Path(pylibmc.__file__).parent.parent / "pylibmc.libs").exists()
+    build = "PyPI wheel, its bundled libmemcached" if bundled else "PyPI, built from source"
     library = (
-        f"pylibmc {version('pylibmc')} (PyPI, built from source), libmemcached "
-        f"{_pylibmc.libmemcached_version} (Debian libmemcached-dev "
-        f"{debian_version('libmemcached-dev')})"
+        f"pylibmc {version('pylibmc')} ({build}), libmemcached "
+        f"{_pylibmc.libmemcached_version}"
+        + ("" if bundled else f" (Debian libmemcached-dev {debian_version('libmemcached-dev')})")
     )
     for name, behaviors in OPTION_SETS.items():
         cases = []

@@ -2,7 +2,11 @@
 library over real nodes, rows change in PostgreSQL, and the daemon configured with that
 ``client``/``behaviors`` removes every changed key from the node that actually holds it.
 ``invalidator replay`` over the same changes shows the plan: every planned node is the one
-the app's library wrote the key to (read back from each node directly)."""
+the app's library wrote the key to (read back from each node directly).
+
+Django apps go through Django's own ``PyMemcacheCache`` and ``PyLibMCCache`` backends:
+``cache.set("user:7")`` stores ``myapp:1:user:7`` (KEY_PREFIX:VERSION:key), and the rule's
+template ``myapp:1:user:{id}`` (examples/django.yaml) must name exactly that key."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Any
 import memcache
 import pylibmc
 import pytest
+from django.conf import settings
+from django.core.cache.backends.memcached import PyLibMCCache, PyMemcacheCache
 from pymemcache.client.base import Client
 
 from tests.cache_aside import app_client, wait_until
@@ -23,7 +29,7 @@ from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
 ROWS = 3000
-RULES = [{"table": "users", "on": ["update"], "keys": ["user:{id}"]}]
+DJANGO_CACHE = {"KEY_PREFIX": "myapp", "VERSION": 1}  # examples/django.yaml
 
 
 def _weighted(servers: Sequence[str], sep: str) -> list[str]:
@@ -42,10 +48,12 @@ class AppSide:
         make: Callable[[list[str]], AppClient],
         pool: dict[str, Any],
         weights: str | None = None,
+        stored: str = "user:{}",
     ):
         self.make = make
         self.pool = pool
         self.weights = weights  # how the app writes "host:port" + weight, None: no weights
+        self.stored = stored  # the key memcached gets for the app's "user:{id}"
 
     def app_servers(self, servers: Sequence[str]) -> list[str]:
         return _weighted(servers, self.weights) if self.weights else list(servers)
@@ -72,6 +80,20 @@ def _python_memcached(servers: list[str]) -> AppClient:
     return client.set, client.disconnect_all
 
 
+def _django(
+    backend: type[PyMemcacheCache | PyLibMCCache], options: dict[str, Any]
+) -> Callable[[list[str]], AppClient]:
+    """Django's own cache backend, as settings.CACHES would build it."""
+
+    def make(servers: list[str]) -> AppClient:
+        if not settings.configured:
+            settings.configure()
+        cache = backend(servers, {**DJANGO_CACHE, "OPTIONS": options})
+        return (lambda key, value: cache.set(key, value, timeout=300)), cache.close
+
+    return make
+
+
 APPS = {
     "pymemcache": AppSide(_pymemcache, {"client": "pymemcache"}),
     "pylibmc": AppSide(_pylibmc({}), {"client": "pylibmc"}),
@@ -86,6 +108,14 @@ APPS = {
         lambda servers: _python_memcached_weighted(servers),
         {"client": "python-memcached"},
         " ",
+    ),
+    "django-pymemcachecache": AppSide(
+        _django(PyMemcacheCache, {}), {"client": "pymemcache"}, stored="myapp:1:user:{}"
+    ),
+    "django-pylibmccache-ketama": AppSide(
+        _django(PyLibMCCache, {"binary": True, "behaviors": {"ketama": True}}),
+        {"client": "pylibmc", "behaviors": {"ketama": True}},
+        stored="myapp:1:user:{}",
     ),
 }
 
@@ -148,26 +178,26 @@ def test_daemon_deletes_where_the_apps_client_wrote(
         dsn=users_db.dsn,
         slot="placement",
         servers=side.config_servers(memcached.servers),
-        rules=RULES,
+        rules=[{"table": "users", "on": ["update"], "keys": [side.stored.replace("{}", "{id}")]}],
         pool={k: v for k, v in side.pool.items()},
     )
     try:
         daemon.start()
         users_db.execute("SELECT pg_create_logical_replication_slot('observer', 'wal2json')")
         app_set, app_close = side.make(side.app_servers(memcached.servers))
-        keys = [f"user:{i}" for i in range(1, ROWS + 1)]
         try:
-            for key in keys:
-                app_set(key, b"cached")
+            for i in range(1, ROWS + 1):
+                app_set(f"user:{i}", b"cached")
         finally:
             app_close()
+        keys = [side.stored.format(i) for i in range(1, ROWS + 1)]
         before = holders(nodes, keys)
         assert {k: v for k, v in before.items() if len(v) != 1} == {}, "a key not on one node"
         wrote_to = {k: v[0] for k, v in before.items()}
         assert len(set(wrote_to.values())) == len(nodes)  # keys on every node: misses show
 
         users_db.execute("UPDATE users SET name = name || '!' WHERE id % 3 = 0")
-        changed = [f"user:{i}" for i in range(3, ROWS + 1, 3)]
+        changed = [side.stored.format(i) for i in range(3, ROWS + 1, 3)]
         kept = sorted(set(keys) - set(changed))
 
         def gone() -> bool:

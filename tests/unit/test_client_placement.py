@@ -31,7 +31,7 @@ def test_a_weight_is_placement_input_only() -> None:
     assert placement.nodes == ("10.0.0.1:11211", "::1:11212")
 
 
-@pytest.mark.parametrize("entry", ["a:1 0", "a:1 x", "a:1 70000"])
+@pytest.mark.parametrize("entry", ["a:1 0", "a:1 x", "a:1 70000", "127.0.0.1 45381", "[::1] 2"])
 def test_a_bad_weight_is_refused(entry: str) -> None:
     """Weights are whole numbers from 1 to 65535."""
     with pytest.raises(ValueError, match="weight"):

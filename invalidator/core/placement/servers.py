@@ -40,6 +40,12 @@ def split_weight(entry: str) -> tuple[str, int | None]:
     if len(parts) != 2:
         return entry, None
     server, weight_text = parts
+    if server.endswith("]") or not server.rpartition(":")[2].isdigit():
+        # "127.0.0.1 45381" is a mistyped port far more often than a weight.
+        raise ValueError(
+            f"{entry!r}: a server is host:port, with no spaces "
+            "(a weight follows the whole host:port: 'host:port WEIGHT')"
+        )
     if not weight_text.isdigit() or not 0 < int(weight_text) <= 65535:
         raise ValueError(f"{entry!r}: a weight is a whole number from 1 to 65535")
     return server, int(weight_text)
