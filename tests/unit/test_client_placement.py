@@ -3,6 +3,7 @@ not reproduced are errors naming them, never ignored (the vectors prove the rest
 
 from __future__ import annotations
 
+import memcache
 import pytest
 
 from invalidator.core.placement import CLIENTS, placement_for, split_weight
@@ -86,12 +87,24 @@ def test_fallback_depth_is_refused_for_libmemcached_clients() -> None:
         placement_for("pylibmc", SERVERS, {"ketama": True}, fallback_depth=1)
 
 
-def test_python_memcached_fallback_adds_the_rehashed_next_choice() -> None:
-    """The next choice is another node, and the primary stays first."""
+def test_python_memcached_fallback_is_where_the_library_writes_while_the_owner_is_down() -> None:
+    """python-memcached itself (its ``_get_server`` with the owner's connect failing) picks
+    the second node of our ``fallback_depth: 1`` placement, for every key."""
     placement = placement_for("python-memcached", SERVERS, fallback_depth=1)
-    keys = [f"user:{i}" for i in range(200)]
-    assert all(
-        placement.owners(k)[0] == placement_for("python-memcached", SERVERS).owners(k)[0]
-        for k in keys
-    )
-    assert any(len(placement.owners(k)) == 2 for k in keys)
+    client = memcache.Client(SERVERS)
+    by_node = {f"{h.ip}:{h.port}": h for h in client.servers}
+    down: set[str] = set()
+    saved = memcache._Host.connect
+    memcache._Host.connect = lambda host: 0 if f"{host.ip}:{host.port}" in down else 1
+    try:
+        wrong = []
+        for key in (f"user:{i}" for i in range(2000)):
+            owners = placement.owners(key)
+            down.clear()
+            down.add(owners[0])
+            server, _ = client._get_server(key.encode())
+            if len(owners) != 2 or server is not by_node[owners[1]]:
+                wrong.append((key, owners, server))
+    finally:
+        memcache._Host.connect = saved
+    assert wrong == []

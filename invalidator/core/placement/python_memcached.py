@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from invalidator.core.placement.servers import node_name, split_weight
 
+_SERVER_RETRIES = 10  # memcache.Client._SERVER_RETRIES
+
 
 def server_hash(data: bytes) -> int:
     """python-memcached's ``cmemcache_hash``."""
@@ -39,11 +41,15 @@ class PythonMemcached:
         return self._buckets[server_hash(key.encode()) % len(self._buckets)]
 
     def owners(self, key: str) -> tuple[str, ...]:
+        """The owner, then the next ``fallback_depth`` distinct nodes of the client's
+        rehash chain (it gives up after ``_SERVER_RETRIES`` = 10 tries)."""
         value = server_hash(key.encode())
         chosen: list[str] = []
-        for attempt in range(1 + self.fallback_depth):
+        for attempt in range(_SERVER_RETRIES):
             node = self._buckets[value % len(self._buckets)]
             if node not in chosen:
                 chosen.append(node)
+                if len(chosen) > self.fallback_depth:
+                    break
             value = server_hash(f"{value}{attempt}".encode("ascii"))
         return tuple(chosen)
