@@ -25,6 +25,7 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "php-memcached-consistent-crc": {"distribution": "consistent", "hash": "crc"},
     "php-memcached-libketama-fnv1a_32": {"libketama_compatible": True, "hash": "fnv1a_32"},
     "php-memcached-consistent-sort_hosts": {"distribution": "consistent", "sort_hosts": True},
+    "php-memcached-sort_hosts": {"sort_hosts": True},
 }
 
 

@@ -147,10 +147,11 @@ class Libmemcached:
         # A server added with a weight above 1 turns weighted ketama on (server_add).
         if settings.distribution in _CONSISTENT and any(w > 1 for _, _, w in entries):
             settings = replace(settings, weighted=True)
-        if settings.sort_hosts:
+        self.nodes = tuple(f"{host}:{port}" for host, port, _ in entries)  # as configured
+        if settings.sort_hosts:  # libmemcached's server list, sorted by host then port
             entries.sort(key=lambda e: (e[0].encode(), e[1]))
         self.settings = settings
-        self.nodes = tuple(f"{host}:{port}" for host, port, _ in entries)
+        self._list = tuple(f"{host}:{port}" for host, port, _ in entries)
         self.hot_mode: str | None = None
         self._hash = hashkit.BY_NUMBER[settings.key_hash]
         self._modula = settings.distribution == MODULA
@@ -186,15 +187,15 @@ class Libmemcached:
                     points.append((self._hash(data), index))
         points.sort()
         self._points = [value for value, _ in points]
-        self._owners = [self.nodes[index] for _, index in points]
+        self._owners = [self._list[index] for _, index in points]
 
     def owner(self, key: str) -> str:
         """The node libmemcached sends ``key`` to (``memcached_generate_hash``)."""
-        if len(self.nodes) == 1:
-            return self.nodes[0]
+        if len(self._list) == 1:
+            return self._list[0]
         value = self._hash(key.encode())
         if self._modula:
-            return self.nodes[value % len(self.nodes)]
+            return self._list[value % len(self._list)]
         at = bisect_left(self._points, value)
         return self._owners[at if at < len(self._points) else 0]
 
