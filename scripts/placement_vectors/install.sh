@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the Python/PHP placement-vector generators need (`make placement-vectors`):
 # Debian packages only when missing (libmemcached-dev for pylibmc's build, php-cli and
-# php-memcached), and a separate virtualenv .venv-vectors holding the client libraries
+# php-memcached; memcached for the live cross-check), and a separate virtualenv
+# .venv-vectors holding the client libraries
 # from PyPI: pylibmc built from source against Debian's libmemcached 1.1.4,
 # python-memcached, pymemcache. Other languages' generators install their own tools.
 set -euo pipefail
@@ -10,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VECTORS_VENV:-.venv-vectors}
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libmemcached-dev php-cli php-memcached gcc libc6-dev python3-dev zlib1g-dev; do
+for pkg in libmemcached-dev php-cli php-memcached memcached gcc libc6-dev python3-dev zlib1g-dev; do
     have_pkg "$pkg" || need+=("$pkg")
 done
 if ((${#need[@]} > 0)); then
