@@ -11,7 +11,7 @@ import pytest
 
 from invalidator.core.placement import node_name, placement_for
 from invalidator.core.placement.java_string import hash_code, utf16_units
-from invalidator.core.placement.weights import split_weight
+from invalidator.core.placement.servers import split_weight
 from tests.placement_vectors import FIXTURES, corpus_keys, load
 
 IPS = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11212"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from invalidator.core.placement import node_name, placement_for
-from invalidator.core.placement.weights import split_weight
+from invalidator.core.placement.servers import split_weight
 from tests.placement_vectors import VectorSet, corpus_keys, load, vector_files
 
 FILES = vector_files()

@@ -16,8 +16,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from invalidator.core.placement.servers import node_name
-from invalidator.core.placement.weights import split_weight
+from invalidator.core.placement.servers import node_name, split_weight
 
 POINTS_PER_SERVER = 160
 

@@ -20,8 +20,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from invalidator.core.placement.servers import DEFAULT_PORT, node_name, parse_server
-from invalidator.core.placement.weights import split_weight
+from invalidator.core.placement.servers import DEFAULT_PORT, node_name, parse_server, split_weight
 
 VNODES = 40
 ALGORITHMS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")

@@ -29,8 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from invalidator.core.placement.java_string import hash_code, utf16_units
-from invalidator.core.placement.servers import node_name, parse_server
-from invalidator.core.placement.weights import split_weight
+from invalidator.core.placement.servers import node_name, parse_server, split_weight
 
 REPETITIONS = 160  # DefaultKetamaNodeLocatorConfiguration.getNodeRepetitions()
 LOCATORS = ("array_mod", "consistent")
