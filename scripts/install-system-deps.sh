@@ -5,8 +5,8 @@
 #   scripts/install-system-deps.sh [--for test|demo] [--list]
 #
 # demo (`make demo`): PostgreSQL 15 with wal2json, memcached, runuser (util-linux) to run
-#   PostgreSQL unprivileged when we are root, and gcc + Python headers for the package's
-#   C extension.
+#   PostgreSQL unprivileged when we are root, gcc + Python headers for the package's C
+#   extension, and libmemcached's headers for the virtualenv's pylibmc.
 # test (`make test`, the default): the demo's packages, plus dnsmasq (a real DNS server for
 #   the discovery tests).
 # --list prints the packages of that purpose, one a line, and installs nothing.
@@ -21,7 +21,10 @@ while (($#)); do
         *) echo "usage: $0 [--for test|demo] [--list]" >&2; exit 2 ;;
     esac
 done
-demo_pkgs=(postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux)
+# libmemcached-dev, zlib1g-dev: pylibmc (the dev extra every `make venv` installs; the live
+# placement tests) builds against them where PyPI has no wheel for the platform.
+demo_pkgs=(postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux
+    libmemcached-dev zlib1g-dev)
 case "$purpose" in
     demo) pkgs=("${demo_pkgs[@]}") ;;
     test) pkgs=("${demo_pkgs[@]}" dnsmasq-base) ;;

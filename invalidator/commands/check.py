@@ -356,8 +356,11 @@ def check_columns(ctx: CheckContext) -> list[Finding]:
 
 
 def check_replica_identity(ctx: CheckContext) -> list[Finding]:
-    """The old row of UPDATE/DELETE carries every column each template needs."""
+    """The old row of UPDATE/DELETE carries every column each template needs (logical
+    sources: the notify source's triggers record old values whatever the identity)."""
     findings: list[Finding] = []
+    if not _logical(ctx):
+        return findings
     for rule, facts in _tables(ctx):
         where = _rule_where(rule)
         old_kinds = _old_kinds(rule)

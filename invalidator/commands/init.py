@@ -209,7 +209,8 @@ def render(
         "    # The apps' memcached servers, in the apps' order and spelling (a",
         '    # MEMCACHED_SERVERS string "a:11211,b:11211" works too).',
         f"    servers: [{', '.join(_yaml(s) for s in servers)}]",
-        "    hashing: rendezvous   # = pymemcache HashClient's placement (also: broadcast)",
+        "    client: pymemcache    # the apps' client library, whose placement is copied",
+        "    # behaviors: {}       # its options as the apps pass them (pylibmc: {ketama: true})",
         "rules:",
     ]
     advice: list[str] = []

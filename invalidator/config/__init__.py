@@ -33,20 +33,19 @@ from invalidator.config.model import (
     ValueConfig,
     WarmConfig,
 )
-from invalidator.config.pools import SUPPORTED_HASHING, DiscoverConfig, Hashing, PoolConfig
+from invalidator.config.pools import HASHING, DiscoverConfig, PoolConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_PREFIX",
+    "HASHING",
     "NO_DSN",
-    "SUPPORTED_HASHING",
     "Action",
     "ChangeOp",
     "Config",
     "DiscoverConfig",
     "Duration",
     "EnvOverrides",
-    "Hashing",
     "HttpConfig",
     "KeyTemplate",
     "LogConfig",

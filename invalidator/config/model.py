@@ -198,13 +198,20 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        """Pools and TTL policies that rules and warm-up entries name exist; every
-        problem, one per line."""
+        """Pools and TTL policies that rules and warm-up entries name exist, replicas only
+        with a logical source; every problem, one per line."""
         problems: list[str] = []
         try:
             check_node_tls(self.pools)
         except ValueError as exc:
             problems.append(str(exc))
+        if self.source.kind == "notify":
+            for name, settings in self.pools.items():
+                if settings.replicas:
+                    problems.append(
+                        f"pools.{name}.replicas: needs a logical replication source "
+                        "(wal2json): the notify source has no commit position to wait for"
+                    )
         for i, entry in enumerate(self.warm):
             if entry.pool not in self.pools:
                 problems.append(f"warm[{i}]: pool: unknown pool {entry.pool!r}")

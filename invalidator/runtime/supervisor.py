@@ -23,6 +23,7 @@ from invalidator.runtime.loop import EventLoop
 from invalidator.runtime.membership import Membership, Resolver
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import Pipeline, ValueSource
+from invalidator.runtime.replicas import gate_for
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Health, Telemetry
 from invalidator.sinks.memcached.connector import PLAIN, Connector
@@ -73,6 +74,8 @@ class Supervisor:
             connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
+        dsn = config.source.dsn.get_secret_value() if config.source.dsn is not None else None
+        self.gate = gate_for(config.pools, self.telemetry, dsn)
         self.pipeline = Pipeline(
             compile_rules(config),
             self.nodes,
@@ -80,6 +83,7 @@ class Supervisor:
             skips,
             values,
             trace=config.log.level == "debug",
+            gate=self.gate,
         )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
@@ -105,6 +109,8 @@ class Supervisor:
         # What exists now (modules, config, rules) lives as long as the process: keep it
         # out of every collection.
         gc.freeze()
+        if self.gate is not None:
+            self.gate.start()
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
@@ -128,6 +134,8 @@ class Supervisor:
         deadline = self.loop.deadline if self.stopping else self.loop.clock() + self.drain_timeout
         self.loop.service(deadline, drain=True)
         self.loop.close()
+        if self.gate is not None:
+            self.gate.close()
         self.source.close()
         if self.pipeline.values is not None:
             self.pipeline.values.close()

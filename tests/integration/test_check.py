@@ -171,3 +171,25 @@ def test_run_lenient_starts_and_readyz_lists_the_failed_checks(
         ]
     finally:
         proc.stop()
+
+
+def test_the_notify_source_needs_no_replica_identity(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """Triggers record old values whatever the identity: no identity error, no wal_level,
+    slot or plugin check."""
+    _users(pg_db)
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=pg_db.dsn,
+        slot="chk",
+        servers=memcached.servers,
+        rules=[{"table": "users", "keys": ["user_by_email:{email}"]}],
+        kind="notify",
+    )
+    result = proc.cli("check", "--format", "json")
+    document = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = {record["check"] for record in document["checks"]}
+    assert {"tables", "columns", "nodes"} <= checks
+    assert {"wal_level", "slot", "plugin", "replica_identity"}.isdisjoint(checks)
