@@ -5,15 +5,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit integration faults coverage lint typecheck fixtures placement-vectors bench bench-compare demo system-deps venv clean
+.PHONY: test unit integration faults coverage lint typecheck fixtures placement-vectors bench bench-compare demo system-deps demo-deps venv clean
 
 system-deps:
-	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh --for test
+
+# The demo's packages only (no dnsmasq: it runs no DNS discovery).
+demo-deps:
+	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh --for demo
 
 $(STAMP): pyproject.toml setup.py invalidator/hotpath/_hotpath.c
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
-	@$(PY) -m pip install -q -e '.[dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@test -x $(PY) || { echo "venv: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "venv: installing the package and its dependencies (pip; about a minute the first time)"
+	@start=$$(date +%s); \
+	$(PY) -m pip install -q --upgrade pip >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }; \
+	$(PY) -m pip install -q -e '.[dev]' >>$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }; \
+	echo "venv: ready in $$(( $$(date +%s) - start )) s (log: $(VENV)/pip.log)"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -81,7 +88,7 @@ BASE ?= 721c105
 bench-compare: system-deps venv
 	$(PY) bench/compare.py --base $(BASE) $(COMPARE_ARGS)
 
-demo: system-deps venv
+demo: demo-deps venv
 	$(PY) scripts/demo.py
 
 clean:

@@ -1,15 +1,41 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite and the demo need, only when missing.
-# PostgreSQL 15 with wal2json, memcached, dnsmasq (a real DNS server for the discovery
-# tests), and runuser (util-linux) to run PostgreSQL
-# unprivileged when we are root; gcc and Python headers for the package's C extension.
+# Installs the Debian packages `make test` or `make demo` needs, only those missing, and
+# says what it installs and how long each step took.
+#
+#   scripts/install-system-deps.sh [--for test|demo] [--list]
+#
+# demo (`make demo`): PostgreSQL 15 with wal2json, memcached, runuser (util-linux) to run
+#   PostgreSQL unprivileged when we are root, and gcc + Python headers for the package's
+#   C extension.
+# test (`make test`, the default): the demo's packages, plus dnsmasq (a real DNS server for
+#   the discovery tests) and libmemcached-dev/zlib1g-dev (pylibmc without a wheel).
+# --list prints the packages of that purpose, one a line, and installs nothing.
 set -euo pipefail
+purpose=test
+list=0
+while (($#)); do
+    case "$1" in
+        --for) purpose=${2:?--for test|demo}; shift 2 ;;
+        --for=*) purpose=${1#--for=}; shift ;;
+        --list) list=1; shift ;;
+        *) echo "usage: $0 [--for test|demo] [--list]" >&2; exit 2 ;;
+    esac
+done
+demo_pkgs=(postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux)
+case "$purpose" in
+    demo) pkgs=("${demo_pkgs[@]}") ;;
+    # libmemcached-dev, zlib1g-dev: pylibmc (dev extra; the live placement tests) builds
+    # against them where PyPI has no wheel for the platform.
+    test) pkgs=("${demo_pkgs[@]}" dnsmasq-base libmemcached-dev zlib1g-dev) ;;
+    *) echo "error: --for takes test or demo, not $purpose" >&2; exit 2 ;;
+esac
+if ((list)); then
+    printf '%s\n' "${pkgs[@]}"
+    exit 0
+fi
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# libmemcached-dev, zlib1g-dev: pylibmc (dev extra; the live placement tests) builds against them
-# where PyPI has no wheel for the platform.
-for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux dnsmasq-base \
-    libmemcached-dev zlib1g-dev; do
+for pkg in "${pkgs[@]}"; do
     have_pkg "$pkg" || need+=("$pkg")
 done
 # The package compiles a C extension (invalidator/hotpath/_hotpath.c): a compiler, and the
@@ -22,13 +48,27 @@ fi
 if ((${#need[@]} == 0)); then
     exit 0
 fi
-echo "installing Debian packages: ${need[*]}" >&2
+say() { echo "system-deps ($purpose): $*" >&2; }
+say "installing Debian packages: ${need[*]}"
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then
     command -v sudo >/dev/null || { echo "error: need root or sudo to install ${need[*]}" >&2; exit 1; }
     SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
+start=$SECONDS
+say "apt-get update ..."
 $SUDO apt-get update -qq
+say "apt-get update done in $((SECONDS - start)) s; installing (usually 20-60 s) ..."
+start=$SECONDS
 # policy-rc.d on CI images refuses service starts; we never want the system services anyway.
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Progress: one line per package as dpkg sets it up.
+$SUDO apt-get install -y -q --no-install-recommends "${need[@]}" 2>&1 \
+    | { grep --line-buffered -E '^(Setting up|E:) ' || true; } \
+    | sed -u "s/^/system-deps ($purpose):   /" >&2
+status=${PIPESTATUS[0]}
+if ((status != 0)); then
+    say "apt-get install failed (exit $status)"
+    exit "$status"
+fi
+say "installed ${#need[@]} packages in $((SECONDS - start)) s"

@@ -1,39 +1,130 @@
-"""``invalidator check``: what is wrong with a configuration, before it runs."""
+"""``invalidator check``: what is right and wrong with a configuration, before it runs.
+
+A check is a plain function of a ``CheckContext`` returning ``Finding``s, each ✓ (``ok``:
+what it looked at), ✗ (``error``) or ⚠ (``warning``). ``OFFLINE_CHECKS`` need nothing but
+the file; ``CATALOGUE_CHECKS`` read one ``Catalogue`` (one connection), and are also
+``run``'s pre-flight; ``PROBE_CHECKS`` touch more (a temporary slot, every memcached node).
+A source that needs checks of its own adds functions to these tuples.
+
+Findings marked ``stops_run`` mean keys that cannot be built or would be misplaced: ``run``
+refuses to start on them (exit 2) unless ``--lenient``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from invalidator.config import NO_DSN, Config
 from invalidator.config.build import compile_rules, node_addresses
-from invalidator.core.rules import CompiledRule
+from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.errors import InvalidatorError, NodeError
 from invalidator.sinks.memcached.client import NodeConnection
 from invalidator.sinks.memcached.protocol import VERSION_REQUEST
 from invalidator.sinks.memcached.tls import node_connectors
-from invalidator.sources.catalog import Admin
+from invalidator.sources.catalog import Admin, Catalogue, TableFacts, quoted_table
 from invalidator.sources.postgres import PLUGIN
+
+MARKS = {"ok": "✓", "error": "✗", "warning": "⚠"}
+_RULE = re.compile(r"rules\[(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem (``error``) or hint (``warning``) about the configuration."""
+    """One check's result: ``ok`` (what was looked at), ``error`` or ``warning``."""
 
     level: str
     where: str
     message: str
+    stops_run: bool = False  # keys unbuildable or misplaced: `run` refuses to start
+    check: str = ""  # the check function that found it (set by ``run_checks``)
+    rule: int | None = None  # the rule's index, when it is about one
+
+    @property
+    def section(self) -> tuple[int, int]:
+        """Where it is listed: the file, the database, each rule in order, memcached."""
+        if self.rule is not None:
+            return (2, self.rule)
+        if self.where.startswith(("database", "source")):
+            return (1, 0)
+        if self.where.startswith(("memcached", "pools")):
+            return (3, 0)
+        return (0, 0)
 
     def __str__(self) -> str:
-        return f"{self.level}: {self.where}: {self.message}"
+        return f"{MARKS.get(self.level, self.level)} {self.where}: {self.message}"
+
+    def record(self) -> dict[str, Any]:
+        """The JSON object of ``check --format json``."""
+        return {
+            "check": self.check,
+            "result": self.level,
+            "where": self.where,
+            "message": self.message,
+            "stops_run": self.stops_run,
+            "rule": self.rule,
+        }
 
 
-def offline_findings(config: Config, source: str) -> list[Finding]:
-    """Checks that need neither the database nor memcached."""
+@dataclass(slots=True)
+class CheckContext:
+    """What every check may look at; ``catalogue`` is None offline or when unreachable."""
+
+    config: Config
+    rules: RuleSet
+    catalogue: Catalogue | None = None
+    admin: Admin | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Check = Callable[[CheckContext], list[Finding]]
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 rule``, ``2 rules``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _rule_where(rule: CompiledRule) -> str:
+    return f"rules[{rule.index}] (table {rule.qualified_table})"
+
+
+def _ops(kinds: Sequence[str]) -> str:
+    return " and ".join(k.upper() for k in kinds)
+
+
+def _old_kinds(rule: CompiledRule) -> list[str]:
+    return [k for k in ("update", "delete") if k in rule.on]
+
+
+# --------------------------------------------------------------------------- offline
+
+
+def check_parsed(ctx: CheckContext) -> list[Finding]:
+    """The file parsed and validated (load_config raised otherwise)."""
+    config = ctx.config
+    tables = {r.qualified_table for r in config.rules}
+    nodes = sum(len(p.servers) for p in config.pools.values())
+    return [
+        Finding(
+            "ok",
+            "config",
+            f"parsed: {config.source.kind} source, {plural(len(config.rules), 'rule')} on "
+            f"{plural(len(tables), 'table')}, {plural(len(config.pools), 'pool')} "
+            f"({plural(nodes, 'static node')})",
+        )
+    ]
+
+
+def check_templates(ctx: CheckContext) -> list[Finding]:
+    """Templates that hit one key for every row, or repeat another rule's."""
     findings: list[Finding] = []
-    rules = compile_rules(config)
     seen: dict[tuple[str, str, str, str], int] = {}
-    for rule in rules.rules:
-        where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
+    for rule in ctx.rules.rules:
+        where = _rule_where(rule)
         for i, template in enumerate(rule.templates):
             if not template.columns and rule.action != "bump":
                 findings.append(
@@ -53,7 +144,7 @@ def offline_findings(config: Config, source: str) -> list[Finding]:
                     )
                 )
             seen.setdefault(ident, rule.index)
-        if "truncate" in rule.on and rule.action == "delete":
+        if "truncate" in rule.on and rule.action == "delete" and rule.truncate == "warn":
             findings.append(
                 Finding(
                     "warning",
@@ -62,128 +153,381 @@ def offline_findings(config: Config, source: str) -> list[Finding]:
                     "each truncate is reported as unbuildable keys",
                 )
             )
-    for name, pool in config.pools.items():
+    return findings
+
+
+def check_pools(ctx: CheckContext) -> list[Finding]:
+    """Pool settings that cannot do what they say."""
+    findings: list[Finding] = []
+    for name, pool in ctx.config.pools.items():
         if pool.servers and len(pool.servers) == 1 and pool.fallback_depth:
             findings.append(
                 Finding(
                     "warning",
-                    f"{source}: pools.{name}: fallback_depth",
+                    f"pools.{name}: fallback_depth",
                     "a single server has no fallback choices",
                 )
             )
     return findings
 
 
+# --------------------------------------------------------------------------- catalogue
+
 _IDENTITY = {"d": "DEFAULT", "f": "FULL", "i": "USING INDEX", "n": "NOTHING"}
 
 
-def _old_row_findings(
-    rule: CompiledRule, where: str, identity: str, identity_columns: frozenset[str]
-) -> list[Finding]:
-    findings: list[Finding] = []
-    old_kinds = [k for k in ("update", "delete") if k in rule.on]
-    if not old_kinds:
-        return findings
-    if identity == "n" or not identity_columns:
+def _logical(ctx: CheckContext) -> bool:
+    return ctx.config.source.kind != "notify"
+
+
+def check_database(ctx: CheckContext) -> list[Finding]:
+    """The server answered, and the role may stream (logical sources)."""
+    cat = ctx.catalogue
+    if cat is None:
+        return []
+    version = cat.server_version.split(" ", 1)[0]
+    findings = [Finding("ok", "database", f"connected (PostgreSQL {version})")]
+    if _logical(ctx):
+        if cat.may_replicate:
+            findings.append(Finding("ok", "database", "the role may open replication connections"))
+        else:
+            findings.append(
+                Finding(
+                    "error",
+                    "database",
+                    "the role has no REPLICATION right (sql/role.sql: ALTER ROLE ... REPLICATION;"
+                    " Amazon RDS: GRANT rds_replication)",
+                )
+            )
+    return findings
+
+
+def check_wal_level(ctx: CheckContext) -> list[Finding]:
+    cat = ctx.catalogue
+    if cat is None or not _logical(ctx):
+        return []
+    if cat.wal_level == "logical":
+        return [Finding("ok", "database", "wal_level is logical")]
+    return [
+        Finding(
+            "error",
+            "database",
+            f"wal_level is {cat.wal_level}, needs logical (ALTER SYSTEM SET wal_level = logical,"
+            " then restart; managed services: see sql/README.md)",
+        )
+    ]
+
+
+def check_slot(ctx: CheckContext) -> list[Finding]:
+    cat = ctx.catalogue
+    if cat is None or ctx.config.source.kind != "wal2json":
+        return []
+    slot = ctx.config.source.slot
+    plugin = cat.slots.get(slot)
+    if plugin is None:
+        if ctx.config.source.create_slot:
+            return [
+                Finding(
+                    "ok",
+                    "database",
+                    f"slot {slot} does not exist yet: `invalidator setup` or the first run "
+                    "creates it",
+                )
+            ]
         return [
             Finding(
                 "error",
-                f"{where}: on",
-                f"table has REPLICA IDENTITY {_IDENTITY.get(identity, identity)}"
-                f"{' and no primary key' if identity == 'd' else ''}: wal2json "
-                f"drops its {' and '.join(k.upper() for k in old_kinds)} "
-                "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+                "database",
+                f"slot {slot} does not exist and source.create_slot is false "
+                "(create it: `invalidator setup` or sql/slot.sql)",
             )
         ]
-    if rule.when_changed is not None and "update" in rule.on:
-        blind = sorted(set(rule.when_changed) - identity_columns)
-        if blind:
+    if plugin != PLUGIN:
+        return [
+            Finding("error", "database", f"slot {slot} exists with plugin {plugin}, not {PLUGIN}")
+        ]
+    return [Finding("ok", "database", f"slot {slot} exists ({plugin})")]
+
+
+def _suggest(name: str, candidates: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
+def _tables(ctx: CheckContext) -> list[tuple[CompiledRule, TableFacts]]:
+    """Rules whose table exists, with its facts."""
+    cat = ctx.catalogue
+    if cat is None:
+        return []
+    return [
+        (rule, facts)
+        for rule in ctx.rules.rules
+        if (facts := cat.facts(rule.schema, rule.table)).exists and facts.kind in ("r", "p")
+    ]
+
+
+def check_tables(ctx: CheckContext) -> list[Finding]:
+    """Each rule's table exists and is a table (a view has no changes)."""
+    cat = ctx.catalogue
+    if cat is None:
+        return []
+    findings: list[Finding] = []
+    for rule in ctx.rules.rules:
+        where = f"{_rule_where(rule)}: table"
+        facts = cat.facts(rule.schema, rule.table)
+        if not facts.exists:
+            known = cat.names.get(rule.schema, ())
+            listing = f"tables in {rule.schema}: {', '.join(known)}" if known else "none"
             findings.append(
                 Finding(
-                    "warning",
-                    f"{where}: when_changed",
-                    f"old values of {', '.join(blind)} are not in the stream (REPLICA IDENTITY "
-                    f"{_IDENTITY.get(identity, identity)}): every UPDATE counts as a change "
-                    "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+                    "error",
+                    where,
+                    f"no such table ({_suggest(rule.table, known)}{listing})",
+                    stops_run=True,
                 )
             )
-    for i, template in enumerate(rule.templates):
-        missing = sorted(set(template.columns) - identity_columns)
-        if missing:
-            level = "error" if "delete" in rule.on else "warning"
+        elif facts.kind not in ("r", "p"):
             findings.append(
                 Finding(
-                    level,
-                    f"{where}: keys[{i}]",
-                    f"{template.source!r} needs old {', '.join(missing)} on "
-                    f"{' and '.join(k.upper() for k in old_kinds)} but REPLICA IDENTITY "
-                    f"{_IDENTITY.get(identity, identity)} carries only "
-                    f"{', '.join(sorted(identity_columns))}: the old key cannot be built "
-                    "(ALTER TABLE ... REPLICA IDENTITY FULL)",
+                    "error",
+                    where,
+                    "not a table (a view or other relation: it has no changes to stream)",
+                    stops_run=True,
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "ok",
+                    where,
+                    f"exists ({len(facts.ordered)} columns; REPLICA IDENTITY "
+                    f"{_identity_text(facts)})",
                 )
             )
     return findings
 
 
-def online_findings(config: Config, source: str) -> list[Finding]:
-    """Checks against the database (wal_level, plugin, tables, columns, replica identity)
-    and memcached (every node answers)."""
+def _identity_text(facts: TableFacts) -> str:
+    name = _IDENTITY.get(facts.replica_identity, facts.replica_identity)
+    if facts.replica_identity in ("d", "i"):
+        carried = ", ".join(c for c in facts.ordered if c in facts.identity_columns)
+        return f"{name}: {carried}" if carried else f"{name}, no primary key"
+    return name
+
+
+def _unknown(name: str, facts: TableFacts, rule: CompiledRule) -> str:
+    return (
+        f"unknown column {name} ({_suggest(name, facts.ordered)}columns of "
+        f"{rule.qualified_table}: {', '.join(facts.ordered)})"
+    )
+
+
+def _columns_used(rule: CompiledRule) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(field, what, columns) for every place of ``rule`` that names columns."""
+    used = [(f"keys[{i}]", repr(t.source), tuple(t.columns)) for i, t in enumerate(rule.templates)]
+    used += [(f"when_changed[{i}]", "", (c,)) for i, c in enumerate(rule.when_changed or ())]
+    used += [(f"value.json[{i}]", "", (c,)) for i, c in enumerate(rule.json_columns or ())]
+    return used
+
+
+def check_columns(ctx: CheckContext) -> list[Finding]:
+    """Every column a template, ``when_changed`` or ``value.json`` names exists."""
     findings: list[Finding] = []
-    if config.source.dsn is None:
-        return [Finding("error", f"{source}: source.dsn", NO_DSN)]
-    admin = Admin(config.source.dsn.get_secret_value())
-    try:
-        level = admin.wal_level()
-        if level != "logical":
-            findings.append(Finding("error", "database", f"wal_level is {level}, needs logical"))
-        # wal2json is an output plugin, not an extension: probe it with a temporary slot.
-        probe = admin.query(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (config.source.slot,)
-        )
-        if not probe[0][0]:
-            try:
-                # A temporary slot: it disappears with the probe's own connection.
-                admin.query(
-                    "SELECT pg_create_logical_replication_slot('invalidator_check_probe',"
-                    " %s, true)",
-                    (PLUGIN,),
-                )
-            except InvalidatorError as exc:
+    for rule, facts in _tables(ctx):
+        where = _rule_where(rule)
+        for place, what, columns in _columns_used(rule):
+            unknown = [c for c in dict.fromkeys(columns) if c not in facts.columns]
+            label = f"{what}: " if what else ""
+            if unknown:
                 findings.append(
-                    Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")
-                )
-        rules = compile_rules(config)
-        for rule in rules.rules:
-            where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
-            facts = admin.table_facts(rule.schema, rule.table)
-            if not facts.exists:
-                findings.append(Finding("error", f"{where}: table", "no such table"))
-                continue
-            for i, template in enumerate(rule.templates):
-                unknown = sorted(set(template.columns) - facts.columns)
-                if unknown:
-                    findings.append(
-                        Finding(
-                            "error",
-                            f"{where}: keys[{i}]",
-                            f"unknown column {', '.join(unknown)} in {template.source!r}",
-                        )
+                    Finding(
+                        "error",
+                        f"{where}: {place}",
+                        label + "; ".join(_unknown(c, facts, rule) for c in unknown),
+                        stops_run=True,
                     )
-            for name in (rule.when_changed or ()) + (rule.json_columns or ()):
-                if name not in facts.columns:
-                    findings.append(Finding("error", f"{where}", f"unknown column {name}"))
-            findings.extend(
-                _old_row_findings(rule, where, facts.replica_identity, facts.identity_columns)
+                )
+            elif place.startswith("keys"):
+                names = ", ".join(dict.fromkeys(columns)) or "none"
+                findings.append(
+                    Finding("ok", f"{where}: {place}", f"{label}columns exist ({names})")
+                )
+    return findings
+
+
+def check_replica_identity(ctx: CheckContext) -> list[Finding]:
+    """The old row of UPDATE/DELETE carries every column each template needs."""
+    findings: list[Finding] = []
+    for rule, facts in _tables(ctx):
+        where = _rule_where(rule)
+        old_kinds = _old_kinds(rule)
+        if not old_kinds:
+            continue
+        identity = _IDENTITY.get(facts.replica_identity, facts.replica_identity)
+        fix = f"ALTER TABLE {quoted_table(rule.schema, rule.table)} REPLICA IDENTITY FULL"
+        if facts.replica_identity == "n" or not facts.identity_columns:
+            findings.append(
+                Finding(
+                    "error",
+                    f"{where}: on",
+                    f"table has REPLICA IDENTITY {identity}"
+                    f"{' and no primary key' if facts.replica_identity == 'd' else ''}: "
+                    f"wal2json drops its {_ops(old_kinds)} ({fix})",
+                    stops_run=True,
+                )
             )
+            continue
+        if rule.when_changed is not None and "update" in rule.on:
+            blind = [
+                c
+                for c in rule.when_changed
+                if c in facts.columns and c not in facts.identity_columns
+            ]
+            if blind:
+                findings.append(
+                    Finding(
+                        "warning",
+                        f"{where}: when_changed",
+                        f"old values of {', '.join(blind)} are not in the stream (REPLICA "
+                        f"IDENTITY {identity}): every UPDATE counts as a change ({fix})",
+                    )
+                )
+        carried = ", ".join(c for c in facts.ordered if c in facts.identity_columns)
+        for i, template in enumerate(rule.templates):
+            columns = list(dict.fromkeys(template.columns))
+            if any(c not in facts.columns for c in columns):
+                continue  # check_columns reports it; identity advice cannot help
+            missing = [c for c in columns if c not in facts.identity_columns]
+            if missing:
+                findings.append(
+                    Finding(
+                        "error",
+                        f"{where}: keys[{i}]",
+                        f"{template.source!r} needs old {', '.join(missing)} on "
+                        f"{_ops(old_kinds)} but REPLICA IDENTITY {identity} carries only "
+                        f"{carried}: the old key cannot be built ({fix})",
+                        stops_run=True,
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "ok",
+                        f"{where}: keys[{i}]",
+                        f"{template.source!r}: the old row of {_ops(old_kinds)} carries "
+                        f"{', '.join(columns) or 'no column needed'} (REPLICA IDENTITY "
+                        f"{_identity_text(facts)})",
+                    )
+                )
+    return findings
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def check_plugin(ctx: CheckContext) -> list[Finding]:
+    """wal2json is an output plugin, not an extension: probe it with a temporary slot."""
+    cat, admin = ctx.catalogue, ctx.admin
+    if cat is None or admin is None or ctx.config.source.kind != "wal2json":
+        return []
+    if ctx.config.source.slot in cat.slots:
+        return [Finding("ok", "database", f"the {PLUGIN} output plugin is in use by the slot")]
+    try:
+        # A temporary slot: it disappears with the probe's own connection.
+        admin.query(
+            "SELECT pg_create_logical_replication_slot('invalidator_check_probe', %s, true)",
+            (PLUGIN,),
+        )
     except InvalidatorError as exc:
-        findings.append(Finding("error", "database", str(exc)))
-    connectors = node_connectors(config)
-    for node, address in node_addresses(config).items():
+        return [Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")]
+    return [Finding("ok", "database", f"the {PLUGIN} output plugin is available")]
+
+
+def check_nodes(ctx: CheckContext) -> list[Finding]:
+    """Every static memcached node answers ``version``."""
+    findings: list[Finding] = []
+    connectors = node_connectors(ctx.config)
+    for node, address in node_addresses(ctx.config).items():
         conn = NodeConnection(node, address, timeout=2.0, connector=connectors[node])
+        where = f"memcached node {node}"
         try:
-            conn.roundtrip([VERSION_REQUEST])
+            replies = conn.roundtrip([VERSION_REQUEST])
         except NodeError as exc:
-            findings.append(Finding("error", f"memcached node {node}", exc.reason))
+            findings.append(Finding("error", where, exc.reason))
+        else:
+            version = replies[0].decode("ascii", "replace").strip() if replies else ""
+            version = version.replace("VERSION", "memcached", 1)
+            findings.append(Finding("ok", where, f"answers ({version or 'version'})"))
         finally:
             conn.close()
     return findings
+
+
+OFFLINE_CHECKS: tuple[Check, ...] = (check_parsed, check_templates, check_pools)
+CATALOGUE_CHECKS: tuple[Check, ...] = (
+    check_database,
+    check_wal_level,
+    check_slot,
+    check_tables,
+    check_columns,
+    check_replica_identity,
+)
+PROBE_CHECKS: tuple[Check, ...] = (check_plugin, check_nodes)
+
+
+def run_checks(ctx: CheckContext, checks: Sequence[Check]) -> list[Finding]:
+    """Every check's findings, in order, each stamped with its check's name."""
+    findings: list[Finding] = []
+    for check in checks:
+        name = check.__name__.removeprefix("check_")
+        for finding in check(ctx):
+            rule = _RULE.match(finding.where)
+            index = int(rule.group(1)) if rule else None
+            findings.append(replace(finding, check=name, rule=index))
+    return findings
+
+
+def read_catalogue(ctx: CheckContext) -> list[Finding]:
+    """Fill ``ctx.catalogue`` (one connection); a finding when the database cannot be read."""
+    dsn = ctx.config.source.dsn
+    if dsn is None:
+        return [Finding("error", "source.dsn", NO_DSN, check="database")]
+    ctx.admin = Admin(dsn.get_secret_value())
+    try:
+        ctx.catalogue = ctx.admin.catalogue((r.schema, r.table) for r in ctx.rules.rules)
+    except InvalidatorError as exc:
+        return [Finding("error", "database", str(exc), check="database")]
+    return []
+
+
+def preflight(config: Config) -> list[Finding]:
+    """``run``'s checks before streaming: the catalogue's, on one connection."""
+    ctx = CheckContext(config, compile_rules(config))
+    problems = read_catalogue(ctx)
+    return problems or run_checks(ctx, CATALOGUE_CHECKS)
+
+
+def all_checks(config: Config, *, offline: bool) -> list[Finding]:
+    """``check``: offline checks, then (unless ``offline``) the database's and the nodes'."""
+    ctx = CheckContext(config, compile_rules(config))
+    findings = run_checks(ctx, OFFLINE_CHECKS)
+    if offline:
+        return findings
+    findings += read_catalogue(ctx)
+    findings += run_checks(ctx, CATALOGUE_CHECKS + PROBE_CHECKS)
+    return findings
+
+
+def listed(findings: Sequence[Finding]) -> list[Finding]:
+    """The order ``check`` prints: the file, the database, each rule, memcached."""
+    return sorted(findings, key=lambda f: f.section)
+
+
+def summary(findings: Sequence[Finding]) -> dict[str, int]:
+    count = {level: sum(f.level == level for f in findings) for level in MARKS}
+    return {
+        "checks": len(findings),
+        "passed": count["ok"],
+        "errors": count["error"],
+        "warnings": count["warning"],
+    }

@@ -10,13 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from invalidator import __version__
-from invalidator.commands.check import offline_findings, online_findings
+from invalidator.commands.check import Finding, all_checks, listed, plural, preflight, summary
 from invalidator.commands.replay import replay
 from invalidator.config import Config, load_config
 from invalidator.config.build import compile_rules
-from invalidator.errors import InvalidatorError, SourceError
+from invalidator.errors import ConfigError, InvalidatorError, SourceError
 from invalidator.redact import redact
 from invalidator.runtime.logs import configure, get_logger
 from invalidator.runtime.metrics import Metrics
@@ -51,22 +52,70 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
     source = args.config or "config"
-    findings = offline_findings(config, source)
-    if not args.offline:
-        findings += online_findings(config, source)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        if args.format != "json":
+            raise
+        lines = redact(str(exc)).splitlines()
+        _print_json({"config": source, "exit_code": exc.exit_code, "config_errors": lines})
+        return exc.exit_code
+    findings = listed(all_checks(config, offline=args.offline))
+    totals = summary(findings)
+    code = 1 if totals["errors"] else 0
+    if args.format == "json":
+        _print_json(
+            {
+                "config": source,
+                "exit_code": code,
+                "summary": totals,
+                "checks": [f.record() for f in findings],
+            }
+        )
+        return code
+    print(f"checking {source}" + (" (offline: no database, no memcached)" if args.offline else ""))
     for finding in findings:
-        print(finding)
-    errors = [f for f in findings if f.level == "error"]
-    tables = {r.qualified_table for r in config.rules}
-    nodes = sum(len(p.servers) for p in config.pools.values())
+        print(redact(f"  {finding}"))
     print(
-        f"{source}: {len(config.rules)} rules on {len(tables)} tables, "
-        f"{len(config.pools)} pools ({nodes} static nodes): "
-        f"{len(errors)} errors, {len(findings) - len(errors)} warnings"
+        f"{source}: {totals['checks']} checks: {totals['passed']} passed, "
+        f"{plural(totals['errors'], 'error')}, {plural(totals['warnings'], 'warning')}"
     )
-    return 1 if errors else 0
+    return code
+
+
+def _print_json(record: dict[str, object]) -> None:
+    print(json.dumps(record, ensure_ascii=False, indent=2))
+
+
+def _preflight(config: Config, source: str, lenient: bool, log: Any) -> list[Finding]:
+    """``run``'s checks before streaming. Problems that make keys unbuildable or misplaced
+    stop it (``ConfigError``: exit 2, the ✓/✗ list) unless ``lenient``; returns the ones
+    it starts with. An unreachable database is left to the supervisor's retries."""
+    findings = preflight(config)
+    for finding in findings:
+        if finding.check == "database" and finding.level == "error":
+            log.warning("pre-flight checks not run", where=finding.where, error=finding.message)
+    stopping = [f for f in findings if f.stops_run]
+    if not stopping:
+        return []
+    if lenient:
+        for finding in stopping:
+            log.warning(
+                "starting despite a failed check (--lenient)",
+                where=finding.where,
+                problem=finding.message,
+            )
+        return stopping
+    raise ConfigError(
+        "\n".join(
+            [
+                f"{source}: run refuses to start: {plural(len(stopping), 'problem')} would "
+                "leave keys unbuilt or misplaced (fix them, or start anyway with --lenient)"
+            ]
+            + [f"  {finding}" for finding in listed(findings)]
+        )
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -79,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     health = Health()
     source = _source(config)
+    problems = _preflight(config, args.config or "config", args.lenient, log)
+    health.problems = tuple(str(p) for p in problems)
     assert config.source.dsn is not None  # _source checked it
     supervisor = Supervisor(
         config,
@@ -97,7 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SourceError(f"http.listen {config.http.listen}: {exc.strerror}") from None
         server.start()
-    log.info("starting", source=source.target, rules=len(config.rules), http=config.http.listen)
+    # The bound address: with port 0 in http.listen, this is where the kernel put it.
+    http = f"{config.http.listen.rsplit(':', 1)[0]}:{server.port}" if server else "off"
+    log.info("starting", source=source.target, rules=len(config.rules), http=http)
     try:
         return supervisor.run()
     finally:
@@ -158,6 +211,54 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from invalidator.commands.init import render
+    from invalidator.config import SourceConfig
+    from invalidator.config.pools import split_servers
+    from invalidator.core.placement import parse_server
+    from invalidator.sources.catalog import Admin
+
+    tables = [_table_name(t) for t in args.table]
+    servers = split_servers(args.servers)
+    for i, server in enumerate(servers):
+        try:
+            parse_server(server)
+        except ValueError as exc:
+            raise ConfigError(f"--servers[{i}]: {exc}") from None
+    try:
+        SourceConfig(kind=args.source, slot=args.slot)
+    except ValueError:
+        raise ConfigError(f"--slot {args.slot!r}: 1-63 characters of a-z, 0-9 and _") from None
+    catalogue = Admin(args.dsn).catalogue(tables)
+    missing = [t for t in tables if not catalogue.facts(*t).exists]
+    if missing:
+        raise ConfigError(
+            "\n".join(
+                f"--table {schema}.{table}: no such table (tables in {schema}: "
+                f"{', '.join(catalogue.names.get(schema, ())) or 'none'})"
+                for schema, table in missing
+            )
+        )
+    sys.stdout.write(
+        render(catalogue, tables, dsn=args.dsn, kind=args.source, servers=servers, slot=args.slot)
+    )
+    return 0
+
+
+def _table_name(text: str) -> tuple[str, str]:
+    """``users`` → (public, users); ``app.users`` → (app, users)."""
+    schema, _, table = text.rpartition(".")
+    return (schema or "public", table)
+
+
+def _source_kinds() -> tuple[str, ...]:
+    import typing
+
+    from invalidator.config import SourceConfig
+
+    return tuple(typing.get_args(SourceConfig.model_fields["kind"].annotation))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invalidator",
@@ -187,9 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the daemon: stream changes and invalidate",
         description="Stream committed changes (wal2json slot, or the notify outbox) and apply "
-        "the rules' cache operations. On every connect the slot's continuity is checked; a "
-        "gap is answered as source.on_gap says (flush, bump or refuse). SIGTERM/SIGINT: stop "
-        "reading, finish in-flight work, confirm the last applied position, exit 0.",
+        "the rules' cache operations. Before streaming it runs check's database checks: a "
+        "table or column that does not exist, or a replica identity without a template's "
+        "column, stops it with exit 2 and the list (--lenient starts anyway). On every "
+        "connect the slot's continuity is checked; a gap is answered as source.on_gap says "
+        "(flush, bump or refuse). SIGTERM/SIGINT: stop reading, finish in-flight work, "
+        "confirm the last applied position, exit 0.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(
@@ -198,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="on shutdown, wait this long for in-flight work (default 5)",
+    )
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="start even when the pre-flight checks find keys that cannot be built or "
+        "would be misplaced (unknown table or column, a replica identity without a "
+        "template's column); /readyz lists them",
     )
     p.set_defaults(func=cmd_run)
 
@@ -216,12 +327,52 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser(
+        "init",
+        help="print a commented starting config for some tables, from the catalogue",
+        description="Read the catalogue and print a commented YAML configuration: key "
+        "templates from each table's primary key and unique indexes (user:{id}, "
+        "user_by_email:{email}), the replica identity each needs (a template the old row "
+        "cannot carry is written commented out, next to its ALTER TABLE), the source's "
+        "setup steps and the role's SQL. The output passes `check` against the same "
+        "database. A password in the DSN is never printed.",
+    )
+    p.add_argument(
+        "--dsn", required=True, help="the application database (a role that may read the catalogue)"
+    )
+    p.add_argument(
+        "--table",
+        action="append",
+        required=True,
+        metavar="[SCHEMA.]TABLE",
+        help="a table to watch (repeat for more; schema public unless given)",
+    )
+    p.add_argument("--source", choices=_source_kinds(), default="wal2json", help="default wal2json")
+    p.add_argument(
+        "--servers",
+        default="127.0.0.1:11211",
+        help="the apps' memcached servers, comma-separated as in MEMCACHED_SERVERS "
+        "(default 127.0.0.1:11211)",
+    )
+    p.add_argument("--slot", default="cache_invalidator", help="default cache_invalidator")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
         "check",
-        help="validate the configuration and rules",
-        description="Validate config and rules. Exit 0 clean, 1 problems found, 2 unusable config.",
+        help="validate the configuration and rules, against the database and memcached",
+        description="List every check with its result (✓ what was looked at, ✗ error, ⚠ "
+        "warning): the file, the database (connection, replication right, wal_level, slot, "
+        "the wal2json plugin), each rule's table, each column its templates, when_changed "
+        "and value.json name, the replica identity against each template on UPDATE/DELETE, "
+        "and each memcached node. Exit 0 clean, 1 problems found, 2 unusable config.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("--offline", action="store_true", help="do not contact PostgreSQL or memcached")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one document for CI (config, exit_code, summary, checks[]; see README)",
+    )
     p.set_defaults(func=cmd_check)
     return parser
 

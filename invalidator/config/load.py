@@ -4,14 +4,17 @@ the field at fault."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from invalidator.config.env import EnvOverrides, apply_env
 from invalidator.config.model import Config
@@ -76,6 +79,75 @@ def _where(loc: Sequence[int | str], data: Any) -> str:
     return text.replace(").", "): ")
 
 
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model whose fields are valid at ``loc`` (a pydantic location), or None."""
+    annotation: Any = Config
+    for item in loc:
+        if isinstance(item, str) and item.startswith(("function-", "tagged-union")):
+            continue
+        annotation = _step(annotation, item)
+        if annotation is None:
+            return None
+    models = [a for a in _alternatives(annotation) if _is_model(a)]
+    return models[0] if models else None
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """The members of a union (``X | None``), or the annotation itself."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is typing.Annotated:
+        return _alternatives(typing.get_args(annotation)[0])
+    return [annotation]
+
+
+def _step(annotation: Any, item: int | str) -> Any:
+    """The annotation one location step below ``annotation``."""
+    for option in _alternatives(annotation):
+        if _is_model(option) and isinstance(item, str):
+            for name, field in option.model_fields.items():
+                if item in (name, field.alias):
+                    return field.annotation
+        origin = typing.get_origin(option)
+        args = typing.get_args(option)
+        if isinstance(item, int) and origin in (tuple, list) and args:
+            return args[0]
+        if isinstance(item, str) and isinstance(origin, type) and issubclass(origin, Mapping):
+            return args[1] if len(args) == 2 else None
+    return None
+
+
+def _valid_fields(loc: Sequence[int | str]) -> list[str]:
+    """The field names valid beside the (unknown) last element of ``loc``."""
+    model = _model_at(loc[:-1])
+    if model is None:
+        return []
+    return sorted(f.alias or n for n, f in model.model_fields.items())
+
+
+def suggestion(loc: Sequence[int | str]) -> str | None:
+    """The valid field closest to the unknown one at ``loc``, if one is close."""
+    name = loc[-1]
+    if not isinstance(name, str):
+        return None
+    close = difflib.get_close_matches(name, _valid_fields(loc), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unknown_field_message(loc: Sequence[int | str]) -> str:
+    """``unknown field``, with the closest valid field of that place, or the valid ones."""
+    close = suggestion(loc)
+    if close is not None:
+        return f"unknown field (did you mean {close!r}?)"
+    valid = _valid_fields(loc)
+    return "unknown field (valid: " + ", ".join(valid) + ")" if valid else "unknown field"
+
+
 def config_path(explicit: str | None, env: EnvOverrides | None = None) -> str:
     """``--config`` wins, then ``INVALIDATOR_CONFIG``, then the default path."""
     env = env if env is not None else EnvOverrides.from_environ()
@@ -92,21 +164,36 @@ def parse_config(data: Any, source: str, env: EnvOverrides | None = None) -> Con
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        errors = exc.errors(include_url=False)
-        locs = [tuple(e["loc"]) for e in errors]
-        for err in errors:
-            loc = tuple(err["loc"])
-            if err["type"] == "too_short" and any(
-                len(other) > len(loc) and other[: len(loc)] == loc for other in locs
-            ):
-                continue  # the item's own error says more than "too short after validation"
-            where = _where(err["loc"], data)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field"
-            lines.append(f"{source}: {where}: {msg}" if where else f"{source}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("\n".join(_error_lines(exc, data, source))) from None
+
+
+def _error_lines(exc: ValidationError, data: Any, source: str) -> list[str]:
+    """Every problem of ``exc``, one line each, naming file, rule and the full field path."""
+    lines = []
+    errors = exc.errors(include_url=False)
+    locs = [tuple(e["loc"]) for e in errors]
+    # A misspelt field also makes the real one "missing": the suggestion says both.
+    suggested = {
+        (*loc[:-1], name)
+        for loc, err in zip(locs, errors, strict=True)
+        if err["type"] == "extra_forbidden" and (name := suggestion(loc)) is not None
+    }
+    for err, loc in zip(errors, locs, strict=True):
+        if err["type"] == "too_short" and any(
+            len(other) > len(loc) and other[: len(loc)] == loc for other in locs
+        ):
+            continue  # the item's own error says more than "too short after validation"
+        if err["type"] == "missing" and loc in suggested:
+            continue
+        where = _where(loc, data)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = unknown_field_message(loc)
+        elif err["type"] == "missing":
+            msg = "required field missing"
+        for line in msg.splitlines():
+            lines.append(f"{source}: {where}: {line}" if where else f"{source}: {line}")
+    return lines
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

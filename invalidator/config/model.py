@@ -113,16 +113,19 @@ class RuleConfig(StrictModel):
 
     @model_validator(mode="after")
     def _action_fields(self) -> RuleConfig:
+        problems = []
         if self.action == "refresh" and self.value is None:
-            raise ValueError("action 'refresh' needs 'value'")
+            problems.append("action 'refresh' needs 'value'")
         if self.action != "refresh" and self.value is not None:
-            raise ValueError(f"'value' only applies to action 'refresh', not {self.action!r}")
+            problems.append(f"'value' only applies to action 'refresh', not {self.action!r}")
         if self.when_changed is not None and "update" not in self.on:
-            raise ValueError("'when_changed' applies to updates but 'on' has no 'update'")
+            problems.append("'when_changed' applies to updates but 'on' has no 'update'")
         if self.truncate is not None and "truncate" not in self.on:
-            raise ValueError("'truncate' applies to truncates but 'on' has no 'truncate'")
+            problems.append("'truncate' applies to truncates but 'on' has no 'truncate'")
         if self.truncate == "bump" and self.action != "bump":
-            raise ValueError("truncate: bump needs action: bump")
+            problems.append("truncate: bump needs action: bump")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -157,8 +160,8 @@ HTTP_OFF = "off"
 
 
 class HttpConfig(StrictModel):
-    """``listen``: ``host:port`` of ``/metrics``, ``/healthz``, ``/readyz``, or ``off`` for
-    no HTTP server at all (no port opened)."""
+    """``listen``: ``host:port`` of ``/metrics``, ``/healthz``, ``/readyz`` (port 0: any free
+    port, logged at start), or ``off`` for no HTTP server at all (no port opened)."""
 
     listen: str = "0.0.0.0:9464"
 
@@ -167,7 +170,7 @@ class HttpConfig(StrictModel):
     def _listen(cls, value: str) -> str:
         if value.strip().lower() == HTTP_OFF:
             return HTTP_OFF
-        parse_server(value)
+        parse_server(value, listen=True)
         return value
 
     @property
@@ -194,38 +197,38 @@ class Config(StrictModel):
     warm: tuple[WarmConfig, ...] = ()
 
     @model_validator(mode="after")
-    def _node_tls(self) -> Config:
-        check_node_tls(self.pools)
-        return self
-
-    @model_validator(mode="after")
-    def _replicas_need_wal(self) -> Config:
+    def _references(self) -> Config:
+        """Pools and TTL policies that rules and warm-up entries name exist; every
+        problem, one per line."""
+        problems: list[str] = []
+        try:
+            check_node_tls(self.pools)
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.source.kind == "notify":
-            for name, pool in self.pools.items():
-                if pool.replicas:
-                    raise ValueError(
-                        f"pools.{name}.replicas: needs a logical replication source "
-                        "(wal2json): the notify source has no commit position to wait for"
-                    )
-        return self
-
-    @model_validator(mode="after")
-    def _pools_exist(self) -> Config:
+            problems += [
+                f"pools.{name}.replicas: needs a logical replication source (wal2json): "
+                "the notify source has no commit position to wait for"
+                for name, pool in self.pools.items()
+                if pool.replicas
+            ]
         for i, entry in enumerate(self.warm):
             if entry.pool not in self.pools:
-                raise ValueError(f"warm[{i}]: pool: unknown pool {entry.pool!r}")
+                problems.append(f"warm[{i}]: pool: unknown pool {entry.pool!r}")
         for i, rule in enumerate(self.rules):
             pool = self.pools.get(rule.pool)
             if isinstance(rule.ttl, str) and pool is not None and rule.ttl not in pool.ttls:
                 known = ", ".join(sorted(pool.ttls)) or "none defined"
-                raise ValueError(
+                problems.append(
                     f"rules[{i}] (table {rule.qualified_table}): ttl: unknown TTL policy "
                     f"{rule.ttl!r} of pool {rule.pool!r} ({known})"
                 )
             if rule.pool not in self.pools:
                 known = ", ".join(sorted(self.pools)) or "none"
-                raise ValueError(
+                problems.append(
                     f"rules[{i}] (table {rule.qualified_table}): pool: "
                     f"unknown pool {rule.pool!r} (pools: {known})"
                 )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from invalidator.config.fields import Duration, StrictModel
 from invalidator.core.placement import CLIENTS, placement_for
@@ -18,6 +18,22 @@ HASHING: dict[str, tuple[str, dict[str, Any]]] = {
     "modula": ("pylibmc", {}),
     "broadcast": ("broadcast", {}),
 }
+
+
+def _server(value: str) -> str:
+    parse_server(split_weight(value)[0])
+    return value
+
+
+# A server string, checked where it stands (the error names ``servers[i]``).
+Server = Annotated[str, AfterValidator(_server)]
+
+
+def split_servers(value: Any) -> Any:
+    """The apps' ``MEMCACHED_SERVERS`` form, ``"a:11211,b:11211"``, as a list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class DiscoverConfig(StrictModel):
@@ -91,7 +107,7 @@ class PoolConfig(StrictModel):
     """A memcached pool. ``client``/``behaviors`` say whose placement to copy; the older
     ``hashing`` is read into them (and is then None)."""
 
-    servers: tuple[str, ...] = ()
+    servers: tuple[Server, ...] = ()
     discover: DiscoverConfig | None = None
     client: str = "pymemcache"
     behaviors: Mapping[str, Any] = Field(default_factory=dict)
@@ -148,6 +164,8 @@ class PoolConfig(StrictModel):
     @field_validator("servers", mode="before")
     @classmethod
     def _server_entries(cls, value: Any) -> Any:
+        """The apps' comma-separated string, and ``{server, weight}`` entries."""
+        value = split_servers(value)
         if isinstance(value, list | tuple):
             return tuple(_server_entry(entry) for entry in value)
         return value
@@ -155,8 +173,6 @@ class PoolConfig(StrictModel):
     @field_validator("servers")
     @classmethod
     def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for entry in value:
-            parse_server(split_weight(entry)[0])
         nodes = [node_name(entry) for entry in value]
         if len(set(nodes)) != len(nodes):
             raise ValueError("a server is listed twice")

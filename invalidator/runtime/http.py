@@ -20,7 +20,7 @@ class HttpServer:
     """Serves the endpoints on a daemon thread."""
 
     def __init__(self, listen: str, metrics: Metrics, health: Health):
-        host, port = parse_server(listen)
+        host, port = parse_server(listen, listen=True)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,11 +56,14 @@ class HttpServer:
             alive = time.monotonic() - self.health.last_loop < STALL_SECONDS
             self._reply(request, 200 if alive else 503, b"ok\n" if alive else b"stalled\n")
         elif path == "/readyz":
+            problems = "".join(
+                f"started with a failed check (--lenient): {p}\n" for p in self.health.problems
+            )
             if self.health.streaming:
-                self._reply(request, 200, b"streaming\n")
+                self._reply(request, 200, f"streaming\n{problems}".encode())
             else:
                 reason = self.health.last_error or "not streaming"
-                self._reply(request, 503, f"not streaming: {reason}\n".encode())
+                self._reply(request, 503, f"not streaming: {reason}\n{problems}".encode())
         else:
             self._reply(request, 404, b"not found\n")
 

@@ -19,6 +19,13 @@ def _scrub(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def _drop_none(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A field with no value is left out (never ``suppressed=None``)."""
+    for name in [name for name, value in event.items() if value is None]:
+        del event[name]
+    return event
+
+
 def configure(fmt: str = "json", level: str = "info") -> None:
     """Route structlog to stderr in ``fmt`` (``json`` | ``console``) at ``level``."""
     renderer: Any = (
@@ -31,6 +38,7 @@ def configure(fmt: str = "json", level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_none,
             _scrub,
             renderer,
         ],

@@ -4,6 +4,10 @@
 ``plan()`` (the specification), a refresh rule's value query, the pools' placements, the
 node channels, and the re-delete that closes the cache-aside race. ``settled`` counts what
 memcached answered. Sources own the transactions (``Txn``) the work is accounted to.
+
+With ``trace`` (``log.level: debug``) every operation is logged (key, node, rule, table,
+LSN), at most ``TRACE_PER_SECOND`` lines a second with a count of those left out; the C
+hot path is then not used, so that every key goes through ``plan()`` and is seen.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from invalidator.runtime.telemetry import Telemetry
 from invalidator.sinks.memcached.channel import FLUSH_OP, Entry
 from invalidator.sinks.memcached.nodeset import NodeSet
 
+TRACE_PER_SECOND = 100
+
 
 class ValueSource(Protocol):
     """Runs a refresh rule's ``value: {query}`` for a row (the database edge)."""
@@ -48,6 +54,7 @@ class Pipeline:
         values: ValueSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         gate: ReplicaGate | None = None,
+        trace: bool = False,
     ):
         self.rules = rules
         self.nodes = nodes
@@ -62,6 +69,8 @@ class Pipeline:
         # A partition not known at start: the source resolves it to its watched parent.
         self.resolve_partition: Callable[[TableName], None] | None = None
         self._rules_version = 0
+        self.trace = trace
+        self._trace_window = (-1.0, 0, 0)  # (second started, lines logged, lines left out)
 
     # -- what sources see (sources.base.Feed) ---------------------------------------------
 
@@ -81,10 +90,13 @@ class Pipeline:
         return self._rules_version + self.nodes.version
 
     def placements(self) -> Mapping[str, Placement]:
+        """The pools the C hot path may take: none while tracing (every key is logged);
+        never a pool with replicas (its work is held, and C sends straight to the nodes)."""
+        if self.trace:
+            return {}
         placements = self.nodes.router.placements
         if self.gate is None:
             return placements
-        # The C hot path sends straight to the nodes: replica pools' work must be held.
         held = self.gate.pools
         return {
             name: _NotHot(placement) if name in held else placement
@@ -145,17 +157,21 @@ class Pipeline:
             operations = tuple(self._query_value(op, change) for op in operations)
         gate = self.gate
         if gate is None:
-            self._send(operations, txn)
+            self._send(operations, txn, change.kind)
             return
         direct, held = gate.split(operations)
         if held:
             gate.hold(held, txn)
         if direct:
-            self._send(direct, txn)
+            self._send(direct, txn, change.kind)
 
-    def _send(self, operations: Iterable[Operation], txn: Txn | None) -> list[Routed]:
+    def _send(
+        self, operations: Iterable[Operation], txn: Txn | None, kind: str = "-"
+    ) -> list[Routed]:
         """Queue ``operations`` on their nodes now, and schedule their re-deletes."""
         routed = self.nodes.submit(operations, txn)
+        if self.trace:
+            self._trace(routed, kind)
         compiled = self.rules.rules
         now = 0.0
         for item in routed:
@@ -165,6 +181,37 @@ class Pipeline:
                 now = now or self.clock()
                 self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
         return routed
+
+    def _trace(self, routed: Iterable[Routed], kind: str) -> None:
+        """A debug line per operation, ``TRACE_PER_SECOND`` at most."""
+        now = self.clock()
+        start, logged, dropped = self._trace_window
+        if now - start >= 1.0:
+            if dropped:
+                self.log.debug(
+                    "operation lines left out",
+                    count=dropped,
+                    limit=f"{TRACE_PER_SECOND} lines/s",
+                )
+            start, logged, dropped = now, 0, 0
+        for item in routed:
+            op = item.operation
+            if logged >= TRACE_PER_SECOND:
+                dropped += 1
+                continue
+            logged += 1
+            self.log.debug(
+                "operation",
+                op=op.op,
+                key=op.key,
+                node=item.node,
+                pool=op.pool,
+                rule=op.rule,
+                table=op.table,
+                change=kind,
+                lsn=op.lsn,
+            )
+        self._trace_window = (start, logged, dropped)
 
     def _query_value(self, op: Operation, change: Change) -> Operation:
         """Fill a query refresh's value; no row (or a failing query) becomes a delete."""

@@ -77,7 +77,13 @@ class Supervisor:
         dsn = config.source.dsn.get_secret_value() if config.source.dsn is not None else None
         self.gate = gate_for(config.pools, self.telemetry, dsn)
         self.pipeline = Pipeline(
-            compile_rules(config), self.nodes, self.telemetry, skips, values, gate=self.gate
+            compile_rules(config),
+            self.nodes,
+            self.telemetry,
+            skips,
+            values,
+            gate=self.gate,
+            trace=config.log.level == "debug",
         )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)

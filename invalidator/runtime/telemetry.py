@@ -28,6 +28,8 @@ class Health:
     last_loop: float = field(default_factory=time.monotonic)
     last_error: str = ""
     confirmed_lsn: str = ""
+    # Failed pre-flight checks the daemon started with (``run --lenient``), for /readyz.
+    problems: tuple[str, ...] = ()
 
 
 class Telemetry:
@@ -84,7 +86,11 @@ class Telemetry:
         )
 
     def node_event(self, node: str, event: str, count: int, message: str) -> None:
-        """A rare node event (restart, overflow, drop): always logged."""
+        """A rare node event (restart, overflow, drop: warning; back: info): always logged."""
+        if event == "back":
+            self._node_logged.pop(node, None)
+            self.log.info("memcached node back", node=node, detail=message)
+            return
         if count:
             self.op_results[("*", event, "dropped")] += count
         self.log.warning(

@@ -1,9 +1,11 @@
 """The catalogue and the slot, through regular SQL connections: slot status and
-administration, ``IDENTIFY_SYSTEM``, and what ``check`` and the partition watcher need to
-know of a watched table. Every psycopg error leaves as ``SourceError`` (``source_error``)."""
+administration, ``IDENTIFY_SYSTEM``, and what ``check``, ``run``'s pre-flight, ``init`` and
+the partition watcher need to know of the watched tables (``Catalogue``: one connection).
+Every psycopg error leaves as ``SourceError`` (``source_error``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,13 +43,93 @@ class Server:
 
 @dataclass(frozen=True, slots=True)
 class TableFacts:
-    """What ``check`` needs to know of a watched table."""
+    """What ``check``, ``run``'s pre-flight and ``init`` need to know of a watched table."""
 
     exists: bool
     columns: frozenset[str] = frozenset()
     replica_identity: str = "d"  # d default, f full, i index, n nothing
     identity_columns: frozenset[str] = frozenset()
     partitioned: bool = False
+    kind: str = "r"  # pg_class.relkind: r table, p partitioned, v view, m materialized view, ...
+    ordered: tuple[str, ...] = ()  # the columns in table order
+    not_null: frozenset[str] = frozenset()
+    primary_key: tuple[str, ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()  # other unique, total, column-only indexes
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """The database's answers to every question ``check`` and ``run`` ask, read at once."""
+
+    server_version: str
+    wal_level: str
+    may_replicate: bool  # REPLICATION, superuser, or rds_replication
+    slots: dict[str, str]  # slot name → plugin
+    tables: dict[TableName, TableFacts]
+    names: dict[str, tuple[str, ...]]  # schema → its tables (for "did you mean")
+
+    def facts(self, schema: str, table: str) -> TableFacts:
+        return self.tables.get((schema, table), TableFacts(False))
+
+
+def quoted_name(name: str) -> str:
+    """A SQL identifier, quoted only where it needs to be."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quoted_table(schema: str, table: str) -> str:
+    """``schema.table`` as SQL, quoted only where a name needs it (``public.users``)."""
+    return f"{quoted_name(schema)}.{quoted_name(table)}"
+
+
+# One row per requested table: kind, replica identity, columns (in order), NOT NULL
+# columns, and its unique, total, column-only indexes (the primary key first).
+_TABLES_SQL = """
+SELECT n.nspname, c.relname, c.relkind::text, c.relreplident::text,
+  (SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]') FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+  (SELECT coalesce(json_agg(a.attname ORDER BY a.attnum), '[]') FROM pg_attribute a
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull),
+  (SELECT coalesce(json_agg(json_build_object(
+      'primary', i.indisprimary, 'replident', i.indisreplident, 'columns',
+      (SELECT json_agg(a.attname ORDER BY k.ord)
+         FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum))
+      ORDER BY i.indisprimary DESC, i.indexrelid), '[]')
+    FROM pg_index i WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid
+      AND i.indpred IS NULL AND i.indexprs IS NULL)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+"""
+
+
+def _table_facts(row: tuple[Any, ...]) -> TableFacts:
+    _, _, kind, identity, ordered, not_null, indexes = row
+    primary = next((tuple(i["columns"]) for i in indexes if i["primary"]), ())
+    replident = next((tuple(i["columns"]) for i in indexes if i["replident"]), ())
+    unique = tuple(tuple(i["columns"]) for i in indexes if not i["primary"])
+    if identity == "f":
+        identity_columns = frozenset(ordered)
+    elif identity == "d":
+        identity_columns = frozenset(primary)
+    elif identity == "i":
+        identity_columns = frozenset(replident)
+    else:
+        identity_columns = frozenset()
+    return TableFacts(
+        True,
+        frozenset(ordered),
+        identity,
+        identity_columns,
+        kind == "p",
+        kind,
+        tuple(ordered),
+        frozenset(not_null),
+        primary,
+        unique,
+    )
 
 
 class Admin:
@@ -163,42 +245,54 @@ class Admin:
         return result
 
     def table_facts(self, schema: str, table: str) -> TableFacts:
-        rows = self.query(
-            "SELECT c.oid, c.relreplident, c.relkind FROM pg_class c JOIN pg_namespace n"
-            " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (schema, table),
+        return self.tables_facts([(schema, table)]).get((schema, table), TableFacts(False))
+
+    def tables_facts(self, tables: Iterable[TableName]) -> dict[TableName, TableFacts]:
+        with self._connect() as conn:
+            return _tables_facts(conn, tables)
+
+    def catalogue(self, tables: Iterable[TableName]) -> Catalogue:
+        """Everything ``check`` and ``run`` ask of the database, on one connection."""
+        tables = list(tables)
+        schemas = sorted({schema for schema, _ in tables})
+        with self._connect() as conn:
+            version, level, may_replicate = conn.execute(
+                "SELECT current_setting('server_version'), current_setting('wal_level'),"
+                " r.rolsuper OR r.rolreplication OR EXISTS (SELECT FROM pg_roles g WHERE"
+                " g.rolname = 'rds_replication' AND pg_has_role(r.oid, g.oid, 'member'))"
+                " FROM pg_roles r WHERE r.rolname = current_user"
+            ).fetchall()[0]
+            slots = dict(
+                conn.execute(
+                    "SELECT slot_name, coalesce(plugin, '') FROM pg_replication_slots"
+                ).fetchall()
+            )
+            facts = _tables_facts(conn, tables)
+            names: dict[str, list[str]] = {schema: [] for schema in schemas}
+            for schema, name in conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+                " AND n.nspname = ANY(%s) ORDER BY 1, 2",
+                (schemas,),
+            ).fetchall():
+                names[schema].append(name)
+        return Catalogue(
+            str(version),
+            str(level),
+            bool(may_replicate),
+            slots,
+            facts,
+            {schema: tuple(found) for schema, found in names.items()},
         )
-        if not rows:
-            return TableFacts(False)
-        oid, identity, kind = rows[0]
-        columns = frozenset(
-            r[0]
-            for r in self.query(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
-                " AND NOT attisdropped",
-                (oid,),
-            )
-        )
-        if identity == "d":
-            index = self.query(
-                "SELECT indexrelid FROM pg_index WHERE indrelid = %s AND indisprimary", (oid,)
-            )
-        elif identity == "i":
-            index = self.query(
-                "SELECT indexrelid FROM pg_index WHERE indrelid = %s AND indisreplident", (oid,)
-            )
-        else:
-            index = []
-        identity_columns: frozenset[str] = frozenset()
-        if identity == "f":
-            identity_columns = columns
-        elif index:
-            identity_columns = frozenset(
-                r[0]
-                for r in self.query(
-                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid ="
-                    " i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indexrelid = %s",
-                    (index[0][0],),
-                )
-            )
-        return TableFacts(True, columns, identity, identity_columns, kind == "p")
+
+
+def _tables_facts(
+    conn: psycopg.Connection[Any], tables: Iterable[TableName]
+) -> dict[TableName, TableFacts]:
+    wanted = list(dict.fromkeys(tables))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        _TABLES_SQL, ([schema for schema, _ in wanted], [table for _, table in wanted])
+    ).fetchall()
+    return {(row[0], row[1]): _table_facts(row) for row in rows}

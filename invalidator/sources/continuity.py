@@ -27,7 +27,13 @@ SCHEMA = "invalidator"
 TABLE = "continuity"
 
 CREATE_SQL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+-- Not CREATE SCHEMA IF NOT EXISTS: that needs CREATE on the database even when the
+-- schema exists (sql/role.sql creates it for a role that has no such right).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') THEN
+        CREATE SCHEMA {SCHEMA};
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
     slot              text PRIMARY KEY,
     system_identifier text NOT NULL,

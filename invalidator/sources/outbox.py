@@ -32,7 +32,13 @@ TRUNCATE_TRIGGER = "invalidator_capture_truncate"
 LOCK_TIMEOUT = "5s"  # for the DDL of setup: fail clearly rather than block writers
 
 INSTALL_SQL = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+-- Not CREATE SCHEMA IF NOT EXISTS: that needs CREATE on the database even when the
+-- schema exists (sql/role.sql creates it for a role that has no such right).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') THEN
+        CREATE SCHEMA {SCHEMA};
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (
     id          bigserial PRIMARY KEY,

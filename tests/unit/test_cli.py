@@ -43,7 +43,7 @@ def test_malformed_rules_file_exits_2_with_one_line(tmp_path: Path) -> None:
     result = run("replay", "--config", str(config), str(FIXTURES / "basic_users.jsonl"))
     assert (result.returncode, result.stderr) == (
         2,
-        f"{config}: rules[0] (table public.users): acton: unknown field\n",
+        f"{config}: rules[0] (table public.users): acton: unknown field (did you mean 'action'?)\n",
     )
 
 
@@ -81,3 +81,21 @@ def test_dsn_password_never_printed_on_config_errors(tmp_path: Path) -> None:
     result = run("check", "--offline", "--config", str(config))
     assert result.returncode == 2
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_check_json_on_an_unusable_config_exits_2_with_every_error(tmp_path: Path) -> None:
+    """`check --format json` keeps CI's one document even when the file cannot be used."""
+    import json
+
+    config = tmp_path / "c.yaml"
+    config.write_text("pools: {default: {servers: 'a:1,b:x'}}\nrules: [{table: t, kyes: [k]}]\n")
+    result = run("check", "--offline", "--format", "json", "--config", str(config))
+    assert result.returncode == 2
+    assert json.loads(result.stdout) == {
+        "config": str(config),
+        "exit_code": 2,
+        "config_errors": [
+            f"{config}: pools.default.servers[1]: 'b:x': bad port 'x' (a number, 1-65535)",
+            f"{config}: rules[0] (table public.t): kyes: unknown field (did you mean 'keys'?)",
+        ],
+    }

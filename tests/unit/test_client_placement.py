@@ -32,11 +32,16 @@ def test_a_weight_is_placement_input_only() -> None:
     assert placement.nodes == ("10.0.0.1:11211", "::1:11212")
 
 
-@pytest.mark.parametrize("entry", ["a:1 0", "a:1 x", "a:1 70000", "127.0.0.1 45381", "[::1] 2"])
+@pytest.mark.parametrize("entry", ["a:1 0", "a:1 x", "a:1 70000", "[::1] 2"])
 def test_a_bad_weight_is_refused(entry: str) -> None:
     """Weights are whole numbers from 1 to 65535."""
     with pytest.raises(ValueError, match="weight"):
         split_weight(entry)
+
+
+def test_a_space_where_the_colon_goes_is_a_mistyped_port_not_a_weight() -> None:
+    with pytest.raises(ValueError, match="separated by ':', not a space"):
+        split_weight("127.0.0.1 45381")
 
 
 @pytest.mark.parametrize(

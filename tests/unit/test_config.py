@@ -64,7 +64,9 @@ def test_spec_example_loads_with_defaults(tmp_path: Path) -> None:
 def test_unknown_field_names_file_rule_and_field(tmp_path: Path) -> None:
     """A typo in a rule is an error naming file, rule index, table and field."""
     path = write(tmp_path, VALID.replace("    ttl: 1800", "    tll: 1800"))
-    assert error_of(path) == f"{path}: rules[1] (table public.products): tll: unknown field"
+    assert error_of(path) == (
+        f"{path}: rules[1] (table public.products): tll: unknown field (did you mean 'ttl'?)"
+    )
 
 
 def test_bad_template_names_the_key_index(tmp_path: Path) -> None:
@@ -261,3 +263,63 @@ def test_http_listen_address_keeps_the_server_on(tmp_path: Path) -> None:
     on = load_config(write(tmp_path, VALID + "http:\n  listen: 127.0.0.1:9464\n"))
     assert (on.http.listen, on.http.enabled) == ("127.0.0.1:9464", True)
     assert "http.listen" in error_of(write(tmp_path, VALID + "http:\n  listen: ':x'\n"))
+
+
+def test_a_misspelt_field_suggests_the_real_one_instead_of_calling_it_missing(
+    tmp_path: Path,
+) -> None:
+    """`kyes` names `keys`, and `keys` is not also reported as a missing field."""
+    path = write(tmp_path, VALID.replace('keys: ["product:{id}"]', 'kyes: ["product:{id}"]'))
+    assert error_of(path) == (
+        f"{path}: rules[1] (table public.products): kyes: unknown field (did you mean 'keys'?)"
+    )
+
+
+def test_an_unknown_field_far_from_any_lists_the_valid_ones(tmp_path: Path) -> None:
+    """Nothing close: the fields valid at that place are listed."""
+    path = write(tmp_path, VALID + "log: {colour: blue}\n")
+    assert error_of(path) == f"{path}: log.colour: unknown field (valid: format, level)"
+
+
+def test_errors_name_the_full_field_path_inside_a_value(tmp_path: Path) -> None:
+    """A bad item of `value.json` is located down to its index."""
+    path = write(tmp_path, VALID.replace("json: [id, name, price]", "json: [id, name, 3]"))
+    assert error_of(path) == (
+        f"{path}: rules[1] (table public.products): value.json[2]: Input should be a valid string"
+    )
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Unknown pools of several rules and warm entries: one line each, not only the first."""
+    path = write(
+        tmp_path,
+        "pools: {default: {servers: ['a:1']}}\n"
+        "rules: [{table: a, keys: [k], pool: x}, {table: b, keys: [k], pool: y}]\n"
+        "warm: [{query: q, key: k, value: {json: [a]}, pool: z}]\n",
+    )
+    assert error_of(path).splitlines() == [
+        f"{path}: warm[0]: pool: unknown pool 'z'",
+        f"{path}: rules[0] (table public.a): pool: unknown pool 'x' (pools: default)",
+        f"{path}: rules[1] (table public.b): pool: unknown pool 'y' (pools: default)",
+    ]
+
+
+def test_every_problem_of_one_rule_is_reported_at_once(tmp_path: Path) -> None:
+    """A rule with two inconsistent fields: both are named."""
+    path = write(
+        tmp_path,
+        "pools: {default: {servers: ['a:1']}}\n"
+        "rules: [{table: a, keys: [k], on: [insert], when_changed: [b], truncate: flush}]\n",
+    )
+    assert error_of(path).splitlines() == [
+        f"{path}: rules[0] (table public.a): 'when_changed' applies to updates but 'on' has"
+        " no 'update'",
+        f"{path}: rules[0] (table public.a): 'truncate' applies to truncates but 'on' has no"
+        " 'truncate'",
+    ]
+
+
+def test_http_listen_port_zero_means_any_free_port(tmp_path: Path) -> None:
+    """`127.0.0.1:0` is a valid listen address (the kernel picks the port)."""
+    path = write(tmp_path, VALID + "http: {listen: '127.0.0.1:0'}\n")
+    assert load_config(path).http.listen == "127.0.0.1:0"

@@ -168,8 +168,7 @@ class NodeChannel(NodeQueue):
         identity = parse_identity(reply)
         previous = self.identity
         self.handshake = False
-        self.failures = 0
-        self.backoff = BACKOFF_MIN
+        self._answering()
         if identity is None:
             return
         self.identity = identity
@@ -312,9 +311,20 @@ class NodeChannel(NodeQueue):
         if self.transport is not None:
             self.inbuf = bytearray(data[pos:])
         if done:
-            self.backoff = BACKOFF_MIN
-            self.failures = 0
+            self._answering()
         return done
+
+    def _answering(self) -> None:
+        """The node answered: after failures, say it is back (once), and reset the backoff."""
+        if self.failures:
+            self.on_event(
+                self.node,
+                "back",
+                0,
+                f"answering again after {self.failures} failed attempts (last: {self.last_error})",
+            )
+        self.failures = 0
+        self.backoff = BACKOFF_MIN
 
     def _reply(self, entry: Entry, line: bytes) -> bool:
         """Settle ``entry`` by its reply line; False when it is not finished (requeued)."""
