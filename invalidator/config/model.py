@@ -206,12 +206,12 @@ class Config(StrictModel):
         except ValueError as exc:
             problems.append(str(exc))
         if self.source.kind == "notify":
-            for name, settings in self.pools.items():
-                if settings.replicas:
-                    problems.append(
-                        f"pools.{name}.replicas: needs a logical replication source "
-                        "(wal2json): the notify source has no commit position to wait for"
-                    )
+            problems += [
+                f"pools.{name}.replicas: needs a logical replication source (wal2json): "
+                "the notify source has no commit position to wait for"
+                for name, pool in self.pools.items()
+                if pool.replicas
+            ]
         for i, entry in enumerate(self.warm):
             if entry.pool not in self.pools:
                 problems.append(f"warm[{i}]: pool: unknown pool {entry.pool!r}")

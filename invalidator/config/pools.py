@@ -164,6 +164,7 @@ class PoolConfig(StrictModel):
     @field_validator("servers", mode="before")
     @classmethod
     def _server_entries(cls, value: Any) -> Any:
+        """The apps' comma-separated string, and ``{server, weight}`` entries."""
         value = split_servers(value)
         if isinstance(value, list | tuple):
             return tuple(_server_entry(entry) for entry in value)

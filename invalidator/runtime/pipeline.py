@@ -53,8 +53,8 @@ class Pipeline:
         skips: SkipReporter,
         values: ValueSource | None = None,
         clock: Callable[[], float] = time.monotonic,
-        trace: bool = False,
         gate: ReplicaGate | None = None,
+        trace: bool = False,
     ):
         self.rules = rules
         self.nodes = nodes
@@ -91,13 +91,14 @@ class Pipeline:
 
     def placements(self) -> Mapping[str, Placement]:
         """The pools the C hot path may take: none while tracing (every key is logged);
-        replica pools' work must be held, so C never takes them."""
+        never a pool with replicas (its work is held, and C sends straight to the nodes)."""
+        if self.trace:
+            return {}
         placements = self.nodes.router.placements
         if self.trace:
             return {}
         if self.gate is None:
             return placements
-        # The C hot path sends straight to the nodes: replica pools' work must be held.
         held = self.gate.pools
         return {
             name: _NotHot(placement) if name in held else placement
@@ -158,19 +159,21 @@ class Pipeline:
             operations = tuple(self._query_value(op, change) for op in operations)
         gate = self.gate
         if gate is None:
-            self._send(operations, txn)
+            self._send(operations, txn, change.kind)
             return
         direct, held = gate.split(operations)
         if held:
             gate.hold(held, txn)
         if direct:
-            self._send(direct, txn)
+            self._send(direct, txn, change.kind)
 
-    def _send(self, operations: Iterable[Operation], txn: Txn | None) -> list[Routed]:
+    def _send(
+        self, operations: Iterable[Operation], txn: Txn | None, kind: str = "-"
+    ) -> list[Routed]:
         """Queue ``operations`` on their nodes now, and schedule their re-deletes."""
         routed = self.nodes.submit(operations, txn)
         if self.trace:
-            self._trace(routed)
+            self._trace(routed, kind)
         compiled = self.rules.rules
         now = 0.0
         for item in routed:
@@ -181,7 +184,7 @@ class Pipeline:
                 self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
         return routed
 
-    def _trace(self, routed: Iterable[Routed]) -> None:
+    def _trace(self, routed: Iterable[Routed], kind: str) -> None:
         """A debug line per operation, ``TRACE_PER_SECOND`` at most."""
         now = self.clock()
         start, logged, dropped = self._trace_window
@@ -207,6 +210,7 @@ class Pipeline:
                 pool=op.pool,
                 rule=op.rule,
                 table=op.table,
+                change=kind,
                 lsn=op.lsn,
             )
         self._trace_window = (start, logged, dropped)

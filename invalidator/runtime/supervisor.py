@@ -82,8 +82,8 @@ class Supervisor:
             self.telemetry,
             skips,
             values,
-            trace=config.log.level == "debug",
             gate=self.gate,
+            trace=config.log.level == "debug",
         )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)

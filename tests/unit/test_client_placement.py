@@ -39,6 +39,11 @@ def test_a_bad_weight_is_refused(entry: str) -> None:
         split_weight(entry)
 
 
+def test_a_space_where_the_colon_goes_is_a_mistyped_port_not_a_weight() -> None:
+    with pytest.raises(ValueError, match="separated by ':', not a space"):
+        split_weight("127.0.0.1 45381")
+
+
 @pytest.mark.parametrize(
     ("behaviors", "named"),
     [

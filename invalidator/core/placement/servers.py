@@ -61,12 +61,9 @@ def split_weight(entry: str) -> tuple[str, int | None]:
         return entry, None
     server, weight_text = parts
     if server.endswith("]") or not server.rpartition(":")[2].isdigit():
-        # "127.0.0.1 45381" is a mistyped port far more often than a weight.
-        if ":" not in server and weight_text.isdigit():
-            raise ValueError(
-                f"{entry!r}: host and port are separated by ':', not a space "
-                f"(write {server}:{weight_text})"
-            )
+        if ":" not in server:
+            # "127.0.0.1 45381" is a mistyped port far more often than a weight: say so.
+            parse_server(entry)
         raise ValueError(
             f"{entry!r}: a server is host:port, with no spaces "
             "(a weight follows the whole host:port: 'host:port WEIGHT')"
