@@ -8,7 +8,7 @@
 #   PostgreSQL unprivileged when we are root, gcc + Python headers for the package's C
 #   extension, and libmemcached's headers for the virtualenv's pylibmc.
 # test (`make test`, the default): the demo's packages, plus dnsmasq (a real DNS server for
-#   the discovery tests) and libmemcached-dev/zlib1g-dev (pylibmc without a wheel).
+#   the discovery tests).
 # --list prints the packages of that purpose, one a line, and installs nothing.
 set -euo pipefail
 purpose=test
@@ -27,9 +27,7 @@ demo_pkgs=(postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached u
     libmemcached-dev zlib1g-dev)
 case "$purpose" in
     demo) pkgs=("${demo_pkgs[@]}") ;;
-    # libmemcached-dev, zlib1g-dev: pylibmc (dev extra; the live placement tests) builds
-    # against them where PyPI has no wheel for the platform.
-    test) pkgs=("${demo_pkgs[@]}" dnsmasq-base libmemcached-dev zlib1g-dev) ;;
+    test) pkgs=("${demo_pkgs[@]}" dnsmasq-base) ;;
     *) echo "error: --for takes test or demo, not $purpose" >&2; exit 2 ;;
 esac
 if ((list)); then

@@ -198,8 +198,8 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        """Pools and TTL policies that rules and warm-up entries name exist, replicas only
-        with a logical source; every problem, one per line."""
+        """Pools and TTL policies that rules and warm-up entries name exist; every
+        problem, one per line."""
         problems: list[str] = []
         try:
             check_node_tls(self.pools)

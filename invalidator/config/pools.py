@@ -25,7 +25,7 @@ def _server(value: str) -> str:
     return value
 
 
-# A server entry, checked where it stands (the error names ``servers[i]``).
+# A server string, checked where it stands (the error names ``servers[i]``).
 Server = Annotated[str, AfterValidator(_server)]
 
 

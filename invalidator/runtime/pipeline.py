@@ -95,8 +95,6 @@ class Pipeline:
         if self.trace:
             return {}
         placements = self.nodes.router.placements
-        if self.trace:
-            return {}
         if self.gate is None:
             return placements
         held = self.gate.pools

@@ -45,6 +45,7 @@ def test_at_debug_each_operation_is_logged_with_key_node_rule_and_lsn(harness: H
         "pool": "default",
         "rule": 0,
         "table": "public.users",
+        "change": "update",
         "lsn": line["lsn"],
     }
 
@@ -62,13 +63,14 @@ def test_operation_lines_are_limited_per_second_with_a_count_of_the_rest() -> No
         clock=lambda: now[0],
         trace=True,
     )
+    change = updated(1)
     routed = [
         Routed(Operation("delete", f"user:{i}", "default", "public.users"), A) for i in range(250)
     ]
-    pipeline._trace(routed)
+    pipeline._trace(routed, change)
     assert len(log.events("operation")) == TRACE_PER_SECOND
     now[0] += 1.0
-    pipeline._trace(routed[:1])
+    pipeline._trace(routed[:1], change)
     assert log.events("operation lines left out") == [
         {"count": 250 - TRACE_PER_SECOND, "limit": f"{TRACE_PER_SECOND} lines/s"}
     ]
