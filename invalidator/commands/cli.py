@@ -214,22 +214,27 @@ def cmd_warm(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from invalidator.commands.init import render
     from invalidator.config import SourceConfig
+    from invalidator.config.env import EnvOverrides
     from invalidator.config.pools import split_servers
-    from invalidator.core.placement import parse_server
+    from invalidator.core.placement.servers import parse_server, split_weight
     from invalidator.sources.catalog import Admin
 
+    env = EnvOverrides.from_environ()
+    dsn = args.dsn or (env.dsn.get_secret_value() if env.dsn is not None else None)
+    if not dsn:
+        raise ConfigError("init: give --dsn DSN or set INVALIDATOR_DSN")
     tables = [_table_name(t) for t in args.table]
     servers = split_servers(args.servers)
     for i, server in enumerate(servers):
         try:
-            parse_server(server)
+            parse_server(split_weight(server)[0])
         except ValueError as exc:
             raise ConfigError(f"--servers[{i}]: {exc}") from None
     try:
         SourceConfig(kind=args.source, slot=args.slot)
     except ValueError:
         raise ConfigError(f"--slot {args.slot!r}: 1-63 characters of a-z, 0-9 and _") from None
-    catalogue = Admin(args.dsn).catalogue(tables)
+    catalogue = Admin(dsn).catalogue(tables)
     missing = [t for t in tables if not catalogue.facts(*t).exists]
     if missing:
         raise ConfigError(
@@ -240,7 +245,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             )
         )
     sys.stdout.write(
-        render(catalogue, tables, dsn=args.dsn, kind=args.source, servers=servers, slot=args.slot)
+        render(catalogue, tables, dsn=dsn, kind=args.source, servers=servers, slot=args.slot)
     )
     return 0
 
@@ -337,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         "database. A password in the DSN is never printed.",
     )
     p.add_argument(
-        "--dsn", required=True, help="the application database (a role that may read the catalogue)"
+        "--dsn",
+        help="the application database, a role that may read the catalogue (default: "
+        "$INVALIDATOR_DSN, which keeps the password off the command line)",
     )
     p.add_argument(
         "--table",

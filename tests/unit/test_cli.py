@@ -99,3 +99,22 @@ def test_check_json_on_an_unusable_config_exits_2_with_every_error(tmp_path: Pat
             f"{config}: rules[0] (table public.t): kyes: unknown field (did you mean 'keys'?)",
         ],
     }
+
+
+def test_init_without_a_database_says_how_to_give_one() -> None:
+    """No --dsn and no INVALIDATOR_DSN: exit 2 and the two ways to name the database."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVALIDATOR_", "PG"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "invalidator", "init", "--table", "users"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "init: give --dsn DSN or set INVALIDATOR_DSN\n",
+    )
