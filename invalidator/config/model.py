@@ -115,8 +115,10 @@ class RuleConfig(StrictModel):
     def _action_fields(self) -> RuleConfig:
         if self.action == "refresh" and self.value is None:
             raise ValueError("action 'refresh' needs 'value'")
-        if self.action != "refresh" and self.value is not None:
-            raise ValueError(f"'value' only applies to action 'refresh', not {self.action!r}")
+        if self.action == "bump" and self.value is not None:
+            # On a delete rule, value says what the app stores (for `audit`); a bump
+            # rule's keys hold counters.
+            raise ValueError("'value' does not apply to action 'bump' (its keys hold counters)")
         if self.when_changed is not None and "update" not in self.on:
             raise ValueError("'when_changed' applies to updates but 'on' has no 'update'")
         if self.truncate is not None and "truncate" not in self.on:

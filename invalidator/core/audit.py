@@ -1,0 +1,151 @@
+"""Staleness, judged: what a rule's key should hold for a row, and what a cached copy is.
+
+Pure logic for ``invalidator audit`` and the probe inside ``run``: the keys a row gives,
+the value a rule's ``value:`` says the app stores, the verdict on one cached copy and the
+tally of one rule. Reading rows and keys is the edges' work.
+
+A copy is ``fresh`` when its bytes are the expected bytes, ``reformatted`` when they
+differ but parse (JSON) to the same document (a harmless serialisation difference, e.g.
+another client's spacing: never called stale), ``stale`` otherwise, and ``absent`` when
+the node has no copy. When the row's value is unknown (``expected`` None: a ``query``
+value that finds no row) any copy is stale: the app would not find it either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from invalidator.core.changes import Row
+from invalidator.core.rules import CompiledRule, json_value
+from invalidator.core.templates import Unbuildable, key_problem
+
+Verdict = Literal["fresh", "reformatted", "stale", "absent"]
+MAX_EXAMPLES = 10
+EXAMPLE_CHARS = 120
+
+
+def row_keys(rule: CompiledRule, row: Row) -> tuple[str, ...]:
+    """The keys ``rule`` gives ``row``, in template order, without those it cannot build
+    (a NULL column, a key memcached would refuse): the daemon never writes those either."""
+    keys: list[str] = []
+    for template in rule.templates:
+        key = template.render(row)
+        if isinstance(key, Unbuildable) or key_problem(key) is not None or key in keys:
+            continue
+        keys.append(key)
+    return tuple(keys)
+
+
+def expected_json(rule: CompiledRule, row: Row) -> bytes | None:
+    """The bytes a ``value: {json}`` key holds for ``row``; None when the row lacks a
+    column (the edge selected too little) or the rule's value is a query."""
+    columns = rule.json_columns
+    if columns is None or any(c not in row for c in columns):
+        return None
+    return json_value(columns, row)
+
+
+def _parsed(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return _UNPARSABLE
+
+
+_UNPARSABLE = object()
+
+
+def judge(cached: bytes | None, expected: bytes | None) -> Verdict:
+    """The verdict on one cached copy against the value the row gives now."""
+    if cached is None:
+        return "absent"
+    if expected is None:
+        return "stale"
+    if cached == expected:
+        return "fresh"
+    document = _parsed(cached)
+    if document is not _UNPARSABLE and document == _parsed(expected):
+        return "reformatted"
+    return "stale"
+
+
+def shorten(data: bytes | None, limit: int = EXAMPLE_CHARS) -> str | None:
+    """``data`` as text for a report, cut to ``limit`` characters (marked with …)."""
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class StaleCopy:
+    """One stale copy, for the report: where it is, what it holds, what it should."""
+
+    key: str
+    node: str
+    cached: str | None
+    expected: str | None
+
+
+@dataclass(slots=True)
+class RuleTally:
+    """What the audit of one rule found. ``copies`` counts the (key, node) reads,
+    ``cached`` those that found a value; ``stale`` the copies still stale when re-read."""
+
+    rule: int
+    pool: str
+    table: str
+    rows: int = 0
+    copies: int = 0
+    cached: int = 0
+    fresh: int = 0
+    reformatted: int = 0
+    stale: int = 0
+    rechecked: int = 0  # first read stale, re-read after a delay (racing writes are fine)
+    examples: list[StaleCopy] = field(default_factory=list)
+    error: str | None = None
+
+    def count(self, verdict: Verdict) -> None:
+        """Count a copy's final verdict (``stale`` only once it has been re-checked)."""
+        self.copies += 1
+        if verdict == "absent":
+            return
+        self.cached += 1
+        if verdict == "fresh":
+            self.fresh += 1
+        elif verdict == "reformatted":
+            self.reformatted += 1
+        else:
+            self.stale += 1
+
+    def example(self, key: str, node: str, cached: bytes | None, expected: bytes | None) -> None:
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append(StaleCopy(key, node, shorten(cached), shorten(expected)))
+
+    def record(self) -> dict[str, Any]:
+        """The JSON object ``audit --format json`` prints for the rule."""
+        return {
+            "rule": self.rule,
+            "pool": self.pool,
+            "table": self.table,
+            "rows": self.rows,
+            "copies": self.copies,
+            "cached": self.cached,
+            "fresh": self.fresh,
+            "reformatted": self.reformatted,
+            "stale": self.stale,
+            "rechecked": self.rechecked,
+            "examples": [
+                {"key": e.key, "node": e.node, "cached": e.cached, "expected": e.expected}
+                for e in self.examples
+            ],
+            "error": self.error,
+        }
+
+
+def audited_rules(rules: Sequence[CompiledRule], only: int | None = None) -> list[CompiledRule]:
+    """The rules ``audit`` can judge (``value`` given, not a bump), or just rule ``only``."""
+    return [r for r in rules if r.audited and (only is None or r.index == only)]
