@@ -187,6 +187,16 @@ class LogConfig(StrictModel):
         return value.lower() if isinstance(value, str) else value
 
 
+class AuditConfig(StrictModel):
+    """The staleness probe inside ``run`` (SPEC ``audit:``): every ``every`` seconds, up to
+    ``sample`` rows of each rule with a ``value`` are compared with their cached keys, at
+    most ``rate`` rows per second (``invalidator audit`` does the same once)."""
+
+    every: Duration = Field(10.0, gt=0)
+    sample: int = Field(100, ge=1, le=100_000)
+    rate: float = Field(200.0, gt=0)
+
+
 class Config(StrictModel):
     source: SourceConfig = SourceConfig()
     pools: Mapping[str, PoolConfig]
@@ -194,6 +204,7 @@ class Config(StrictModel):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     warm: tuple[WarmConfig, ...] = ()
+    audit: AuditConfig | None = None
 
     @model_validator(mode="after")
     def _node_tls(self) -> Config:

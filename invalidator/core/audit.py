@@ -20,22 +20,27 @@ from typing import Any, Literal
 
 from invalidator.core.changes import Row
 from invalidator.core.rules import CompiledRule, json_value
-from invalidator.core.templates import Unbuildable, key_problem
+from invalidator.core.templates import Template, Unbuildable, key_problem
 
 Verdict = Literal["fresh", "reformatted", "stale", "absent"]
 MAX_EXAMPLES = 10
 EXAMPLE_CHARS = 120
 
 
-def row_keys(rule: CompiledRule, row: Row) -> tuple[str, ...]:
-    """The keys ``rule`` gives ``row``, in template order, without those it cannot build
-    (a NULL column, a key memcached would refuse): the daemon never writes those either."""
-    keys: list[str] = []
+def row_keys(rule: CompiledRule, row: Row) -> tuple[tuple[str, Template], ...]:
+    """The keys ``rule`` gives ``row``, each with its template, in template order. Left
+    out: keys it cannot build (a NULL column, a key memcached would refuse: the daemon
+    never writes those either) and constant templates (every row shares that key, so no
+    row says what it holds)."""
+    keys: list[tuple[str, Template]] = []
     for template in rule.templates:
-        key = template.render(row)
-        if isinstance(key, Unbuildable) or key_problem(key) is not None or key in keys:
+        if not template.columns:
             continue
-        keys.append(key)
+        key = template.render(row)
+        if isinstance(key, Unbuildable) or key_problem(key) is not None:
+            continue
+        if all(key != seen for seen, _ in keys):
+            keys.append((key, template))
     return tuple(keys)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
 from invalidator.errors import SourceError
+from invalidator.runtime.audit import Auditor, AuditProbe, NodeReads
 from invalidator.runtime.discovery import resolve
 from invalidator.runtime.loop import EventLoop
 from invalidator.runtime.membership import Membership, Resolver
@@ -77,6 +78,17 @@ class Supervisor:
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
+        self.audit: AuditProbe | None = None
+        if config.audit is not None:
+            # Off the hot path: a thread with its own connections, reading the placements
+            # the loop keeps current (discovered pools too).
+            auditor = Auditor(
+                config,
+                lambda: self.nodes.router.placements,
+                NodeReads(pool_connectors(config)),
+                rate=config.audit.rate,
+            )
+            self.audit = AuditProbe(auditor, self.pipeline.rules.rules, metrics, log)
 
     def _tls_reload(self, pool: str, what: str, error: str | None) -> None:
         if error is None:
@@ -98,6 +110,8 @@ class Supervisor:
         # What exists now (modules, config, rules) lives as long as the process: keep it
         # out of every collection.
         gc.freeze()
+        if self.audit is not None:
+            self.audit.start()
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
@@ -120,6 +134,8 @@ class Supervisor:
         # which cannot happen through run(), gets a fresh one).
         deadline = self.loop.deadline if self.stopping else self.loop.clock() + self.drain_timeout
         self.loop.service(deadline, drain=True)
+        if self.audit is not None:
+            self.audit.stop()
         self.loop.close()
         self.source.close()
         if self.pipeline.values is not None:

@@ -36,14 +36,24 @@ def rules(*configs: dict[str, Any]) -> tuple[CompiledRule, ...]:
 def test_keys_of_a_row_follow_the_templates() -> None:
     """Every template of the rule gives one key for the row, in order."""
     (rule,) = rules(USERS_JSON)
-    assert row_keys(rule, {"id": 7, "email": "a@x", "name": "A"}) == ("user:7", "user_by_email:a@x")
+    found = row_keys(rule, {"id": 7, "email": "a@x", "name": "A"})
+    assert [(key, t.source) for key, t in found] == [
+        ("user:7", "user:{id}"),
+        ("user_by_email:a@x", "user_by_email:{email}"),
+    ]
 
 
 def test_a_key_the_row_cannot_build_is_not_audited() -> None:
     """A NULL key column or a key memcached refuses gives no key (the daemon writes none)."""
     (rule,) = rules(USERS_JSON)
-    assert row_keys(rule, {"id": 7, "email": None}) == ("user:7",)
-    assert row_keys(rule, {"id": 7, "email": "has space"}) == ("user:7",)
+    assert [key for key, _ in row_keys(rule, {"id": 7, "email": None})] == ["user:7"]
+    assert [key for key, _ in row_keys(rule, {"id": 7, "email": "has space"})] == ["user:7"]
+
+
+def test_a_constant_key_is_not_audited() -> None:
+    """A key without columns is every row's: no row says what it holds."""
+    (rule,) = rules({"table": "t", "keys": ["all_t", "t:{id}"], "value": {"json": ["id"]}})
+    assert [key for key, _ in row_keys(rule, {"id": 1})] == ["t:1"]
 
 
 def test_expected_json_is_what_the_app_stores() -> None:

@@ -54,6 +54,8 @@ SPEC_METRICS = {
     "invalidator_unbuildable_keys_total",
     "invalidator_up",
     "invalidator_gaps_total",
+    "invalidator_audit_checked_total",
+    "invalidator_audit_stale_total",
 }
 SPEC_HISTOGRAMS = {"invalidator_commit_to_ack_seconds"}
 METRIC_NAME = re.compile(r"\binvalidator_[a-z0-9_]+")
@@ -650,6 +652,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "MemcachedErrors",
         "UnbuildableKeys",
         "InvalidatorContinuityLost",
+        "CacheStale",
     }
 
 

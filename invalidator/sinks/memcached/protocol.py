@@ -7,6 +7,7 @@ once and N ``\\r\\n``-terminated lines read back, in order.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,6 +114,49 @@ def classify(line: bytes) -> Reply:
     if line.isdigit():
         return Reply("ok", line)  # incr's new value
     return Reply("error", line)  # ERROR, CLIENT_ERROR ..., SERVER_ERROR ...
+
+
+def get_request(keys: Sequence[bytes]) -> bytes:
+    """One ``get`` of several keys: answered by a ``VALUE`` block per key found, then ``END``."""
+    return b"get " + b" ".join(keys) + b"\r\n"
+
+
+class ValuesReader:
+    """Parses the replies to ``get`` requests: ``VALUE <key> <flags> <bytes>``, the data,
+    and ``END`` closing each request. ``feed`` returns the requests completed, each as a
+    dict key → value of what it found."""
+
+    __slots__ = ("_buffer", "_found")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._found: dict[bytes, bytes] = {}
+
+    def feed(self, data: bytes) -> list[dict[bytes, bytes]]:
+        self._buffer += data
+        done: list[dict[bytes, bytes]] = []
+        buffer = self._buffer
+        start = 0
+        while True:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            line = bytes(buffer[start:end])
+            if line == b"END":
+                done.append(self._found)
+                self._found = {}
+                start = end + 2
+                continue
+            parts = line.split(b" ")
+            if len(parts) < 4 or parts[0] != b"VALUE" or not parts[3].isdigit():
+                raise ValueError(f"unexpected reply to get: {line[:60]!r}")
+            size = int(parts[3])
+            if len(buffer) < end + 2 + size + 2:
+                break  # the value has not fully arrived
+            self._found[parts[1]] = bytes(buffer[end + 2 : end + 2 + size])
+            start = end + 2 + size + 2
+        del buffer[:start]
+        return done
 
 
 class ReplyReader:

@@ -1,0 +1,277 @@
+"""The staleness audit: sample rows, read their keys from the owning nodes, judge each copy.
+
+One ``Auditor`` serves ``invalidator audit`` (once) and the probe inside ``run``
+(``AuditProbe``: a thread of its own, with its own database connection and blocking
+memcached connections, so it never holds up the replication loop). Rows are read from
+the database the pool's apps read (its first ``replicas`` DSN, else the primary) with a
+statement timeout, at most ``rate`` rows a second. A copy that looks stale is read again,
+row and key, after ``recheck_delay``: a write racing the probe is not counted as stale.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from invalidator.config import NO_DSN, Config
+from invalidator.core.audit import RuleTally, Verdict, audited_rules, expected_json, judge, row_keys
+from invalidator.core.changes import Row
+from invalidator.core.placement import Placement, parse_server
+from invalidator.core.rules import CompiledRule
+from invalidator.core.templates import Template
+from invalidator.errors import NodeError, SourceError
+from invalidator.runtime.metrics import Metrics
+from invalidator.sinks.memcached.client import NodeConnection
+from invalidator.sinks.memcached.connector import PLAIN, Connector
+from invalidator.sources.rows import RowReader
+
+DEFAULT_RATE = 200.0  # rows/s
+RECHECK_DELAY = 0.5  # seconds before a stale-looking copy is read again
+CHUNK = 50  # rows whose keys are read in one round trip per node
+NODE_TIMEOUT = 2.0
+
+
+def apps_dsn(config: Config, pool: str) -> str:
+    """The database ``pool``'s apps read on a miss: its first replica, else the primary.
+    (``replicas`` is read with getattr: configurations without that field still work.)"""
+    replicas = getattr(config.pools[pool], "replicas", None) or ()
+    if replicas:
+        first = replicas[0]
+        return str(first.get_secret_value() if hasattr(first, "get_secret_value") else first)
+    if config.source.dsn is None:
+        raise SourceError(NO_DSN)
+    return config.source.dsn.get_secret_value()
+
+
+class Pacer:
+    """At most ``rate`` items a second: ``wait(n)`` sleeps until ``n`` more are allowed."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ):
+        self.interval = 1.0 / rate
+        self.clock = clock
+        self.sleep = sleep
+        self._next = 0.0
+
+    def wait(self, n: int = 1) -> None:
+        now = self.clock()
+        if self._next > now:
+            self.sleep(self._next - now)
+            now = self._next
+        self._next = now + n * self.interval
+
+
+@dataclass(slots=True)
+class _Copy:
+    """One (key, node) read whose first verdict was stale: read again later."""
+
+    key: str
+    node: str
+    template: Template
+    row: Row
+
+
+class NodeReads:
+    """Blocking reads from memcached nodes by name, one connection per node, made on first
+    use with the pool's connector (TLS where the pool says so)."""
+
+    def __init__(self, connectors: Mapping[str, Connector], timeout: float = NODE_TIMEOUT):
+        self.connectors = connectors
+        self.timeout = timeout
+        self.connections: dict[str, NodeConnection] = {}
+
+    def get_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, bytes]:
+        conn = self.connections.get(node)
+        if conn is None:
+            connector = self.connectors.get(pool, PLAIN)
+            conn = NodeConnection(node, parse_server(node), self.timeout, connector)
+            self.connections[node] = conn
+        return conn.get_many(keys)
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
+
+
+class Auditor:
+    """Audits rules: ``audit(rule, sample)`` samples, reads, judges and re-checks."""
+
+    def __init__(
+        self,
+        config: Config,
+        placements: Callable[[], Mapping[str, Placement]],
+        nodes: NodeReads,
+        *,
+        rate: float = DEFAULT_RATE,
+        recheck_delay: float = RECHECK_DELAY,
+        readers: Callable[[str], RowReader] = RowReader,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.placements = placements
+        self.nodes = nodes
+        self.pacer = Pacer(rate, clock, self._sleep)
+        self.recheck_delay = recheck_delay
+        self._new_reader = readers
+        self.readers: dict[str, RowReader] = {}
+        self.stop = stop or threading.Event()
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)
+
+    @property
+    def queries(self) -> int:
+        """Database queries run so far (all readers)."""
+        return sum(reader.queries for reader in self.readers.values())
+
+    def reader(self, pool: str) -> RowReader:
+        dsn = apps_dsn(self.config, pool)
+        reader = self.readers.get(dsn)
+        if reader is None:
+            reader = self.readers[dsn] = self._new_reader(dsn)
+        return reader
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.nodes.close()
+
+    def audit(self, rule: CompiledRule, sample: int) -> RuleTally:
+        """Audit ``rule`` on up to ``sample`` rows; failures end up in ``tally.error``."""
+        tally = RuleTally(rule.index, rule.pool, rule.qualified_table)
+        try:
+            self._audit(rule, sample, tally)
+        except (SourceError, NodeError) as exc:
+            tally.error = str(exc)
+        return tally
+
+    def _expected(self, rule: CompiledRule, row: Row) -> bytes | None:
+        if rule.value_query is not None:
+            return self.reader(rule.pool).value(rule.value_query, row)
+        return expected_json(rule, row)
+
+    def _audit(self, rule: CompiledRule, sample: int, tally: RuleTally) -> None:
+        placement = self.placements().get(rule.pool)
+        if placement is None:
+            raise SourceError(f"pool {rule.pool!r} has no known nodes yet")
+        reader = self.reader(rule.pool)
+        rows = reader.sample(rule.schema, rule.table, sample)
+        suspects: list[_Copy] = []
+        for chunk in _chunks(rows, CHUNK):
+            self.pacer.wait(len(chunk))
+            if self.stop.is_set():
+                return
+            wanted: dict[str, list[str]] = {}
+            judged: list[tuple[str, str, Template, Row, bytes | None]] = []
+            for row in chunk:
+                tally.rows += 1
+                expected = self._expected(rule, row)
+                for key, template in row_keys(rule, row):
+                    for node in placement.owners(key):
+                        wanted.setdefault(node, []).append(key)
+                        judged.append((key, node, template, row, expected))
+            cached: dict[str, dict[str, bytes]] = {}
+            for node, keys in wanted.items():
+                try:
+                    cached[node] = self.nodes.get_many(rule.pool, node, keys)
+                except NodeError as exc:  # the other nodes' copies are still judged
+                    tally.error = tally.error or str(exc)
+            for key, node, template, row, expected in judged:
+                if node not in cached:
+                    continue
+                verdict = judge(cached[node].get(key), expected)
+                if verdict == "stale":
+                    suspects.append(_Copy(key, node, template, row))
+                else:
+                    tally.count(verdict)
+        if suspects:
+            self._sleep(self.recheck_delay)
+        for copy in suspects:
+            tally.rechecked += 1
+            verdict, now, expected = self._recheck(rule, copy)
+            tally.count(verdict)
+            if verdict == "stale":
+                tally.example(copy.key, copy.node, now, expected)
+
+    def _recheck(
+        self, rule: CompiledRule, copy: _Copy
+    ) -> tuple[Verdict, bytes | None, bytes | None]:
+        """Row and key read again: the verdict now, with the bytes it was made on."""
+        match = {column: copy.row[column] for column in copy.template.columns}
+        rows = self.reader(rule.pool).lookup(rule.schema, rule.table, match)
+        if len(rows) > 1:
+            return "absent", None, None  # the key's columns name several rows: no verdict
+        expected = self._expected(rule, rows[0]) if rows else None
+        cached = self.nodes.get_many(rule.pool, copy.node, [copy.key]).get(copy.key)
+        return judge(cached, expected), cached, expected
+
+
+def _chunks(rows: Sequence[Row], size: int) -> Iterator[Sequence[Row]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]
+
+
+class AuditProbe:
+    """``audit: {every, sample}`` inside ``run``: a thread auditing every rule with a
+    ``value`` every ``every`` seconds, counting into ``audit_checked_total`` (cached
+    copies compared) and ``audit_stale_total`` (those still stale when re-read)."""
+
+    def __init__(self, auditor: Auditor, rules: Sequence[CompiledRule], metrics: Metrics, log: Any):
+        assert auditor.config.audit is not None
+        self.auditor = auditor
+        self.rules = audited_rules(rules)
+        self.metrics = metrics
+        self.log = log
+        self.every = auditor.config.audit.every
+        self.sample = auditor.config.audit.sample
+        self.rounds = 0
+        self._thread = threading.Thread(target=self._run, name="audit-probe", daemon=True)
+
+    def start(self) -> None:
+        if self.rules:
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.auditor.stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.auditor.close()
+
+    def round(self) -> list[RuleTally]:
+        """One audit of every rule, counted."""
+        tallies = [self.auditor.audit(rule, self.sample) for rule in self.rules]
+        for tally in tallies:
+            labels = (tally.pool, str(tally.rule))
+            self.metrics.audit_checked.labels(*labels).inc(tally.cached)
+            self.metrics.audit_stale.labels(*labels).inc(tally.stale)
+            if tally.error is not None:
+                self.log.warning(
+                    "audit failed", rule=tally.rule, table=tally.table, error=tally.error
+                )
+            elif tally.stale:
+                self.log.warning(
+                    "audit found stale keys",
+                    rule=tally.rule,
+                    table=tally.table,
+                    stale=tally.stale,
+                    checked=tally.cached,
+                    examples=[f"{e.key}@{e.node}" for e in tally.examples],
+                )
+        self.rounds += 1
+        return tallies
+
+    def _run(self) -> None:
+        stop = self.auditor.stop
+        while not stop.wait(self.every):
+            try:
+                self.round()
+            except Exception as exc:  # the probe must never take the daemon down
+                self.log.error("audit probe failed", error=f"{type(exc).__name__}: {exc}")
