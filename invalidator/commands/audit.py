@@ -12,6 +12,7 @@ from invalidator.core.audit import RuleTally, audited_rules
 from invalidator.errors import ConfigError
 from invalidator.runtime.audit import RECHECK_DELAY, Auditor, NodeReads
 from invalidator.sinks.memcached.tls import pool_connectors
+from invalidator.sources.rows import RowReader
 
 
 def audit(
@@ -43,17 +44,27 @@ def audit(
                 f"rules[{rule.index}]: pool {rule.pool!r} uses 'discover': audit needs 'servers' "
                 "(or INVALIDATOR_MEMCACHED_SERVERS)"
             )
+    # What the daemon has applied, from its slot: a stale-looking copy is judged again only
+    # once the daemon is past what the re-read row reflects (notify: no slot, no wait).
+    slot = RowReader(config.source.dsn.get_secret_value()) if config.source.dsn else None
+    confirmed = None
+    if slot is not None and config.source.kind == "wal2json":
+        reader, name = slot, config.source.slot
+        confirmed = lambda: reader.confirmed(name)  # noqa: E731
     auditor = Auditor(
         config,
         lambda: placements,
         NodeReads(pool_connectors(config)),
         rate=rate,
         recheck_delay=recheck_delay,
+        confirmed=confirmed,
     )
     try:
         return [auditor.audit(rule, sample) for rule in chosen]
     finally:
         auditor.close()
+        if slot is not None:
+            slot.close()
 
 
 def print_text(tallies: list[RuleTally], out: IO[str]) -> None:

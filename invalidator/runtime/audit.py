@@ -5,7 +5,9 @@ One ``Auditor`` serves ``invalidator audit`` (once) and the probe inside ``run``
 memcached connections, so it never holds up the replication loop). Rows are read from
 the database the pool's apps read (its first ``replicas`` DSN, else the primary) with a
 statement timeout, at most ``rate`` rows a second. A copy that looks stale is read again,
-row and key, after ``recheck_delay``: a write racing the probe is not counted as stale.
+row and key, after ``recheck_delay`` and once the daemon has applied every change the
+re-read row can reflect (its confirmed position, waited for at most ``SETTLE_MAX``): a
+write racing the probe, or an invalidation still in flight, is not counted as stale.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ DEFAULT_RATE = 200.0  # rows/s
 RECHECK_DELAY = 0.5  # seconds before a stale-looking copy is read again
 CHUNK = 50  # rows whose keys are read in one round trip per node
 NODE_TIMEOUT = 2.0
+SETTLE_MAX = 5.0  # longest wait for the daemon to apply what the re-read saw
+SETTLE_POLL = 0.05
 
 
 def apps_dsn(config: Config, pool: str) -> str:
@@ -112,6 +116,7 @@ class Auditor:
         rate: float = DEFAULT_RATE,
         recheck_delay: float = RECHECK_DELAY,
         readers: Callable[[str], RowReader] = RowReader,
+        confirmed: Callable[[], int | None] | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -122,6 +127,8 @@ class Auditor:
         self.recheck_delay = recheck_delay
         self._new_reader = readers
         self.readers: dict[str, RowReader] = {}
+        self.confirmed = confirmed  # the daemon's applied position (None: do not wait)
+        self.clock = clock
         self.stop = stop or threading.Event()
 
     def _sleep(self, seconds: float) -> None:
@@ -192,26 +199,53 @@ class Auditor:
                     suspects.append(_Copy(key, node, template, row))
                 else:
                     tally.count(verdict)
-        if suspects:
-            self._sleep(self.recheck_delay)
-        for copy in suspects:
+        if not suspects:
+            return
+        self._sleep(self.recheck_delay)
+        reader = self.reader(rule.pool)
+        rows_now = [self._lookup(rule, copy) for copy in suspects]
+        self._settle(reader.position())
+        for copy, rows in zip(suspects, rows_now, strict=True):
             tally.rechecked += 1
-            verdict, now, expected = self._recheck(rule, copy)
+            verdict, now, expected = self._recheck(rule, copy, rows)
             tally.count(verdict)
             if verdict == "stale":
                 tally.example(copy.key, copy.node, now, expected)
 
-    def _recheck(
-        self, rule: CompiledRule, copy: _Copy
-    ) -> tuple[Verdict, bytes | None, bytes | None]:
-        """Row and key read again: the verdict now, with the bytes it was made on."""
+    def _lookup(self, rule: CompiledRule, copy: _Copy) -> list[dict[str, Any]]:
         match = {column: copy.row[column] for column in copy.template.columns}
-        rows = self.reader(rule.pool).lookup(rule.schema, rule.table, match)
+        return self.reader(rule.pool).lookup(rule.schema, rule.table, match)
+
+    def _settle(self, position: int) -> None:
+        """Wait (at most ``SETTLE_MAX``) until the daemon has applied every change up to
+        ``position``: a copy still stale then is not one whose invalidation is in flight."""
+        if self.confirmed is None:
+            return
+        deadline = self.clock() + SETTLE_MAX
+        while not self.stop.is_set():
+            done = self.confirmed()
+            if done is None or done >= position or self.clock() > deadline:
+                return
+            self._sleep(SETTLE_POLL)
+
+    def _recheck(
+        self, rule: CompiledRule, copy: _Copy, rows: list[dict[str, Any]]
+    ) -> tuple[Verdict, bytes | None, bytes | None]:
+        """The copy read again against ``rows`` (the row read again): the verdict, with
+        the bytes it was made on. Still stale, the row is read once more: a write that
+        landed between the re-read and the get (a refresh) explains it too."""
         if len(rows) > 1:
             return "absent", None, None  # the key's columns name several rows: no verdict
-        expected = self._expected(rule, rows[0]) if rows else None
         cached = self.nodes.get_many(rule.pool, copy.node, [copy.key]).get(copy.key)
-        return judge(cached, expected), cached, expected
+        expected = self._expected(rule, rows[0]) if rows else None
+        verdict = judge(cached, expected)
+        if verdict == "stale":
+            later = self._lookup(rule, copy)
+            if len(later) <= 1:
+                newer = self._expected(rule, later[0]) if later else None
+                if judge(cached, newer) != "stale":
+                    return judge(cached, newer), cached, newer
+        return verdict, cached, expected
 
 
 def _chunks(rows: Sequence[Row], size: int) -> Iterator[Sequence[Row]]:

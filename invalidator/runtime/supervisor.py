@@ -17,6 +17,7 @@ from typing import Any
 
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
+from invalidator.core.changes import lsn_to_int
 from invalidator.errors import SourceError
 from invalidator.runtime.audit import Auditor, AuditProbe, NodeReads
 from invalidator.runtime.discovery import resolve
@@ -87,8 +88,14 @@ class Supervisor:
                 lambda: self.nodes.router.placements,
                 NodeReads(pool_connectors(config)),
                 rate=config.audit.rate,
+                confirmed=self._confirmed if config.source.kind == "wal2json" else None,
             )
             self.audit = AuditProbe(auditor, self.pipeline.rules.rules, metrics, log)
+
+    def _confirmed(self) -> int | None:
+        """The WAL position confirmed last (read by the audit probe's thread)."""
+        lsn = self.health.confirmed_lsn
+        return lsn_to_int(lsn) if lsn else None
 
     def _tls_reload(self, pool: str, what: str, error: str | None) -> None:
         if error is None:

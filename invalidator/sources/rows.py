@@ -19,9 +19,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.adapt import AdaptersMap, Loader
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import TextLoader
 
+from invalidator.core.changes import lsn_to_int
 from invalidator.errors import SourceError
 from invalidator.sources.postgres import _LazyConnection, source_error
 
@@ -87,12 +88,14 @@ class RowReader(_LazyConnection):
         params: Any = None,
         *,
         stream: bool = True,
+        tuples: bool = False,
     ) -> list[Any]:
-        """``query``'s rows; ``stream``: values as the stream gives them, otherwise as
-        psycopg loads them (as the daemon's own value queries do)."""
+        """``query``'s rows (dicts, or ``tuples``); ``stream``: values as the stream gives
+        them, otherwise as psycopg loads them (as the daemon's own value queries do)."""
         self.queries += 1
         try:
-            cursor = self.connection().cursor()
+            conn = self.connection()
+            cursor = conn.cursor(row_factory=tuple_row) if tuples else conn.cursor()
             if stream:
                 stream_adapters(cursor.adapters)
             return cursor.execute(query, params).fetchall()
@@ -134,6 +137,29 @@ class RowReader(_LazyConnection):
             sql.Identifier(schema, table), condition
         )
         return [dict(row) for row in self._run(f"cannot read {schema}.{table}", query, match)]
+
+    def position(self) -> int:
+        """How far the rows this connection reads are: the WAL position (a replica: what
+        it has replayed)."""
+        ((lsn,),) = self._run(
+            "cannot read the WAL position",
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            " ELSE pg_current_wal_lsn() END)::text",
+            stream=False,
+            tuples=True,
+        )
+        return lsn_to_int(lsn)
+
+    def confirmed(self, slot: str) -> int | None:
+        """The replication slot's confirmed position: what the daemon has applied."""
+        rows = self._run(
+            "cannot read the slot",
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+            stream=False,
+            tuples=True,
+        )
+        return lsn_to_int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def value(self, query: str, row: Mapping[str, Any]) -> bytes | None:
         """What a ``value: {query}`` refresh writes for ``row`` (``ValueQueries.value``)."""

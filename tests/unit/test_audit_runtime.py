@@ -54,6 +54,9 @@ class Rows:
         row = self.now.get(match["id"])
         return [row] if row is not None else []
 
+    def position(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -122,3 +125,35 @@ def test_apps_read_the_first_replica_when_the_pool_lists_replicas() -> None:
     pool = config.pools["default"]
     object.__setattr__(pool, "replicas", ("postgresql://r1/app", "postgresql://r2/app"))
     assert apps_dsn(config, "default") == "postgresql://r1/app"
+
+
+def test_the_re_read_waits_for_the_daemon_to_apply_what_the_row_reflects() -> None:
+    """Row 1 changed at WAL position 10 and its delete is still in flight (the daemon has
+    confirmed 0, then 5): the copy is judged only once the daemon confirms 10, when the
+    delete has landed, so it is not stale."""
+    rows = Rows([{"id": 1, "name": "new"}], {1: {"id": 1, "name": "new"}})
+    rows.position = lambda: 10  # type: ignore[method-assign]
+    progress = iter([0, 5, 10])
+    applied = {"at": 0}
+
+    class InFlight(Cache):
+        def get_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, bytes]:
+            return {} if applied["at"] >= 10 else super().get_many(pool, node, keys)
+
+    def confirmed() -> int:
+        applied["at"] = next(progress)
+        return applied["at"]
+
+    config = parse_config(CONFIG, "t.yaml")
+    (rule,) = compile_rules(config).rules
+    placements = {"default": pool_placement(config, "default")}
+    auditor = Auditor(
+        config,
+        lambda: placements,
+        InFlight({"user:1": doc(1, "old")}),
+        readers=lambda dsn: rows,  # type: ignore[arg-type,return-value]
+        recheck_delay=0,
+        confirmed=confirmed,
+    )
+    tally = auditor.audit(rule, 10)
+    assert (tally.rechecked, tally.stale, tally.cached, applied["at"]) == (1, 0, 0, 10)
