@@ -26,13 +26,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Bench, Pgbench, fmt_num, load, machine_lines, print_table, write_json
+from _common import (
+    Bench,
+    Pgbench,
+    fmt_num,
+    load,
+    lsn_to_int,
+    machine_lines,
+    print_table,
+    wait_confirmed,
+    write_json,
+)
 from pymemcache.client.hash import HashClient
 
 from invalidator.config import parse_config
 from invalidator.config.build import compile_rules, static_router
 from invalidator.runtime.audit import DEFAULT_RATE, Auditor, AuditProbe, NodeReads
 from invalidator.runtime.metrics import Metrics
+from invalidator.sources.rows import RowReader
 
 ROWS = 100_000
 SLOT = "audit_bench"
@@ -68,6 +79,7 @@ class ProbeThread(threading.Thread):
         self.rows = 0
         self.cached = 0
         self.stale = 0
+        self.examples: list[str] = []
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -77,6 +89,10 @@ class ProbeThread(threading.Thread):
                 self.rows += tally.rows
                 self.cached += tally.cached
                 self.stale += tally.stale
+                self.examples += [
+                    f"rule {tally.rule} {e.key}@{e.node}: cached {e.cached} expected {e.expected}"
+                    for e in tally.examples
+                ]
         self.cpu = time.thread_time() - start
         self.wall = time.perf_counter() - wall
 
@@ -115,10 +131,16 @@ def phase(
     figures = load_run.wait()
     elapsed = time.perf_counter() - t0
     daemon_cpu = daemon.cpu_seconds() - cpu0
+    # How far behind the daemon was when the load stopped: the time it took to confirm it.
+    with bench.connect() as conn:
+        end = lsn_to_int(conn.execute("SELECT pg_current_wal_lsn()::text").fetchall()[0][0])
+        stopped = time.perf_counter()
+        caught_up = wait_confirmed(conn, SLOT, end, timeout=300, daemon=daemon)
     result = {
         "seconds": elapsed,
         "tps": figures.get("tps", 0.0),
         "daemon_cpu_per_s": daemon_cpu / elapsed,
+        "catch_up_s": caught_up - stopped,
     }
     if probe is not None:
         probe.done.set()
@@ -168,10 +190,18 @@ def main() -> None:
             "bench",
         )
         placements = static_router(config).placements
-        auditor = Auditor(config, lambda: placements, NodeReads({}), rate=DEFAULT_RATE)
+        slot = RowReader(db.dsn())  # the daemon's applied position, as `run` knows it
+        auditor = Auditor(
+            config,
+            lambda: placements,
+            NodeReads({}),
+            rate=DEFAULT_RATE,
+            confirmed=lambda: slot.confirmed(SLOT),
+        )
         probe = ProbeThread(AuditProbe(auditor, compile_rules(config).rules, Metrics(), _Log()))
         with_probe = phase(bench, args.seconds, args.tps, "probe", probe)
         auditor.close()
+        slot.close()
 
         print()
         print_table(
@@ -179,6 +209,7 @@ def main() -> None:
                 "phase",
                 "UPDATE tps",
                 "daemon CPU s/s",
+                "daemon catch-up s",
                 "probe CPU s/s",
                 "probe rows/s",
                 "probe DB queries/s",
@@ -190,6 +221,7 @@ def main() -> None:
                     "daemon alone",
                     fmt_num(alone["tps"], 0),
                     fmt_num(alone["daemon_cpu_per_s"], 3),
+                    fmt_num(alone["catch_up_s"], 2),
                     "-",
                     "-",
                     "-",
@@ -200,6 +232,7 @@ def main() -> None:
                     "daemon + probe at --rate 200",
                     fmt_num(with_probe["tps"], 0),
                     fmt_num(with_probe["daemon_cpu_per_s"], 3),
+                    fmt_num(with_probe["catch_up_s"], 2),
                     fmt_num(with_probe["probe_cpu_per_s"], 3),
                     fmt_num(with_probe["probe_rows_per_s"], 0),
                     fmt_num(with_probe["probe_queries_per_s"], 0),
@@ -208,6 +241,8 @@ def main() -> None:
                 ],
             ],
         )
+        for text in probe.examples:
+            print("stale: " + text)
         ratio = with_probe["probe_cpu_per_s"] / max(alone["daemon_cpu_per_s"], 1e-9)
         print(
             f"probe CPU / daemon CPU (alone, same load) = {ratio:.2f}; the default"

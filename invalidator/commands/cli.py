@@ -201,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon: stream changes and invalidate",
         description="Stream committed changes (wal2json slot, or the notify outbox) and apply "
         "the rules' cache operations. On every connect the slot's continuity is checked; a "
-        "gap is answered as source.on_gap says (flush, bump or refuse). SIGTERM/SIGINT: stop "
-        "reading, finish in-flight work, confirm the last applied position, exit 0.",
+        "gap is answered as source.on_gap says (flush, bump or refuse). With `audit:` in the "
+        "config, the staleness probe of `invalidator audit` runs in a thread of its own and "
+        "feeds the audit_* metrics. SIGTERM/SIGINT: stop reading, finish in-flight work, "
+        "confirm the last applied position, exit 0.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(

@@ -258,8 +258,18 @@ class AuditProbe:
     ``value`` every ``every`` seconds, counting into ``audit_checked_total`` (cached
     copies compared) and ``audit_stale_total`` (those still stale when re-read)."""
 
-    def __init__(self, auditor: Auditor, rules: Sequence[CompiledRule], metrics: Metrics, log: Any):
+    def __init__(
+        self,
+        auditor: Auditor,
+        rules: Sequence[CompiledRule],
+        metrics: Metrics,
+        log: Any,
+        active: Callable[[], bool] = lambda: True,
+    ):
+        """``active``: whether to audit now (the daemon audits only while it streams, so
+        a standby replica adds no load)."""
         assert auditor.config.audit is not None
+        self.active = active
         self.auditor = auditor
         self.rules = audited_rules(rules)
         self.metrics = metrics
@@ -305,6 +315,8 @@ class AuditProbe:
     def _run(self) -> None:
         stop = self.auditor.stop
         while not stop.wait(self.every):
+            if not self.active():
+                continue
             try:
                 self.round()
             except Exception as exc:  # the probe must never take the daemon down

@@ -90,7 +90,13 @@ class Supervisor:
                 rate=config.audit.rate,
                 confirmed=self._confirmed if config.source.kind == "wal2json" else None,
             )
-            self.audit = AuditProbe(auditor, self.pipeline.rules.rules, metrics, log)
+            self.audit = AuditProbe(
+                auditor,
+                self.pipeline.rules.rules,
+                metrics,
+                log,
+                active=lambda: self.health.streaming,
+            )
 
     def _confirmed(self) -> int | None:
         """The WAL position confirmed last (read by the audit probe's thread)."""
