@@ -14,11 +14,12 @@ value that finds no row) any copy is stale: the app would not find it either.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from invalidator.core.changes import Row
+from invalidator.core.changes import Change, Row
 from invalidator.core.rules import CompiledRule, json_value
 from invalidator.core.templates import Template, Unbuildable, key_problem
 
@@ -104,6 +105,7 @@ class RuleTally:
     pool: str
     table: str
     rows: int = 0
+    recent: int = 0  # of ``rows``, those the stream changed lately
     copies: int = 0
     cached: int = 0
     fresh: int = 0
@@ -137,6 +139,7 @@ class RuleTally:
             "pool": self.pool,
             "table": self.table,
             "rows": self.rows,
+            "recent": self.recent,
             "copies": self.copies,
             "cached": self.cached,
             "fresh": self.fresh,
@@ -154,3 +157,41 @@ class RuleTally:
 def audited_rules(rules: Sequence[CompiledRule], only: int | None = None) -> list[CompiledRule]:
     """The rules ``audit`` can judge (``value`` given, not a bump), or just rule ``only``."""
     return [r for r in rules if r.audited and (only is None or r.index == only)]
+
+
+class RecentRows:
+    """Rows the stream changed lately, per audited rule: the columns of its keys (enough
+    to read the row again), at most ``size`` per rule, the oldest dropped first. Written
+    by the daemon's loop (``note``), taken by the audit probe's thread (``take``); deque
+    appends and pops are atomic. Changes the C hot path takes never pass here."""
+
+    def __init__(self, rules: Sequence[CompiledRule], size: int = 1_000):
+        self._by_table: dict[tuple[str, str], list[tuple[int, tuple[str, ...]]]] = {}
+        self._rows: dict[int, deque[dict[str, Any]]] = {}
+        for rule in audited_rules(rules):
+            columns = tuple(dict.fromkeys(c for t in rule.templates for c in t.columns))
+            if columns:
+                self._by_table.setdefault((rule.schema, rule.table), []).append(
+                    (rule.index, columns)
+                )
+                self._rows[rule.index] = deque(maxlen=size)
+
+    def note(self, change: Change) -> None:
+        """Remember ``change``'s row (the new one; the old one of a delete) for its rules."""
+        wanted = self._by_table.get((change.schema, change.table))
+        if wanted is None:
+            return
+        row = change.new if change.new is not None else change.old
+        if row is None:
+            return
+        for index, columns in wanted:
+            if all(row.get(c) is not None for c in columns):
+                self._rows[index].append({c: row[c] for c in columns})
+
+    def take(self, rule: int, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` remembered rows of ``rule``, oldest first, removed."""
+        rows = self._rows.get(rule)
+        taken: list[dict[str, Any]] = []
+        while rows and len(taken) < n:
+            taken.append(rows.popleft())
+        return taken

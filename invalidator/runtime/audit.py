@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from invalidator.config import NO_DSN, Config
-from invalidator.core.audit import RuleTally, Verdict, audited_rules, expected_json, judge, row_keys
+from invalidator.core.audit import (
+    RecentRows,
+    RuleTally,
+    Verdict,
+    audited_rules,
+    expected_json,
+    judge,
+    row_keys,
+)
 from invalidator.core.changes import Row
 from invalidator.core.placement import Placement, parse_server
 from invalidator.core.rules import CompiledRule
@@ -117,6 +125,7 @@ class Auditor:
         recheck_delay: float = RECHECK_DELAY,
         readers: Callable[[str], RowReader] = RowReader,
         confirmed: Callable[[], int | None] | None = None,
+        recent: RecentRows | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -128,6 +137,7 @@ class Auditor:
         self._new_reader = readers
         self.readers: dict[str, RowReader] = {}
         self.confirmed = confirmed  # the daemon's applied position (None: do not wait)
+        self.recent = recent  # rows the stream changed lately (inside `run`)
         self.clock = clock
         self.stop = stop or threading.Event()
 
@@ -171,6 +181,17 @@ class Auditor:
             raise SourceError(f"pool {rule.pool!r} has no known nodes yet")
         reader = self.reader(rule.pool)
         rows = reader.sample(rule.schema, rule.table, sample)
+        if self.recent is not None:
+            # Rows the stream changed lately: read again (one paced query each), as they
+            # are where an invalidation would be missing.
+            for match in self.recent.take(rule.index, sample):
+                self.pacer.wait(1)
+                if self.stop.is_set():
+                    return
+                found = reader.lookup(rule.schema, rule.table, match)
+                if len(found) == 1:
+                    rows.append(found[0])
+                    tally.recent += 1
         suspects: list[_Copy] = []
         for chunk in _chunks(rows, CHUNK):
             self.pacer.wait(len(chunk))

@@ -17,6 +17,7 @@ from typing import Any
 
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
+from invalidator.core.audit import RecentRows
 from invalidator.core.changes import lsn_to_int
 from invalidator.errors import SourceError
 from invalidator.runtime.audit import Auditor, AuditProbe, NodeReads
@@ -83,12 +84,14 @@ class Supervisor:
         if config.audit is not None:
             # Off the hot path: a thread with its own connections, reading the placements
             # the loop keeps current (discovered pools too).
+            self.pipeline.recent = RecentRows(self.pipeline.rules.rules)
             auditor = Auditor(
                 config,
                 lambda: self.nodes.router.placements,
                 NodeReads(pool_connectors(config)),
                 rate=config.audit.rate,
                 confirmed=self._confirmed if config.source.kind == "wal2json" else None,
+                recent=self.pipeline.recent,
             )
             self.audit = AuditProbe(
                 auditor,

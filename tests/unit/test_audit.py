@@ -10,6 +10,7 @@ from invalidator.config import parse_config
 from invalidator.config.build import compile_rules
 from invalidator.core.audit import (
     MAX_EXAMPLES,
+    RecentRows,
     RuleTally,
     audited_rules,
     expected_json,
@@ -17,6 +18,7 @@ from invalidator.core.audit import (
     row_keys,
     shorten,
 )
+from invalidator.core.changes import Change
 from invalidator.core.rules import CompiledRule
 
 USERS_JSON = {
@@ -142,3 +144,33 @@ def test_value_on_a_delete_rule_is_not_read_from_the_stream() -> None:
     """A delete rule's value is for audit only: the columns the daemon needs stay the keys'."""
     (rule,) = rules(USERS_JSON)
     assert rule.columns == frozenset({"id", "email"})
+
+
+def test_recent_rows_keep_the_key_columns_of_changed_rows_per_audited_rule() -> None:
+    """An UPDATE's new row and a DELETE's old row are remembered for the audited rule,
+    by the columns its keys need; a rule without value remembers nothing."""
+    compiled = rules(USERS_JSON, {"table": "users", "keys": ["plain:{id}"]})
+    recent = RecentRows(compiled)
+    recent.note(Change("update", "public", "users", new={"id": 1, "email": "a@x", "name": "A"}))
+    recent.note(Change("delete", "public", "users", old={"id": 2, "email": "b@x"}))
+    recent.note(Change("insert", "public", "other", new={"id": 3, "email": "c@x"}))
+    assert recent.take(1, 10) == []
+    assert recent.take(0, 10) == [{"id": 1, "email": "a@x"}, {"id": 2, "email": "b@x"}]
+    assert recent.take(0, 10) == []  # taken once
+
+
+def test_recent_rows_are_bounded_oldest_dropped() -> None:
+    (rule,) = rules(USERS_JSON)
+    recent = RecentRows((rule,), size=3)
+    for i in range(5):
+        recent.note(Change("insert", "public", "users", new={"id": i, "email": f"{i}@x"}))
+    assert [row["id"] for row in recent.take(0, 10)] == [2, 3, 4]
+
+
+def test_a_recent_row_without_a_key_column_is_not_remembered() -> None:
+    """A NULL or absent key column cannot find the row again."""
+    (rule,) = rules(USERS_JSON)
+    recent = RecentRows((rule,))
+    recent.note(Change("insert", "public", "users", new={"id": 1, "email": None}))
+    recent.note(Change("delete", "public", "users", old={"id": 2}))
+    assert recent.take(0, 10) == []

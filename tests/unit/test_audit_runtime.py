@@ -8,6 +8,8 @@ from typing import Any
 
 from invalidator.config import parse_config
 from invalidator.config.build import compile_rules, pool_placement
+from invalidator.core.audit import RecentRows
+from invalidator.core.changes import Change
 from invalidator.runtime.audit import Auditor, NodeReads, Pacer, apps_dsn
 
 CONFIG = {
@@ -157,3 +159,25 @@ def test_the_re_read_waits_for_the_daemon_to_apply_what_the_row_reflects() -> No
     )
     tally = auditor.audit(rule, 10)
     assert (tally.rechecked, tally.stale, tally.cached, applied["at"]) == (1, 0, 0, 10)
+
+
+def test_rows_the_stream_changed_lately_are_audited_beside_the_sample() -> None:
+    """A row remembered by RecentRows is read again and its key judged, counted as recent."""
+    config = parse_config(CONFIG, "t.yaml")
+    (rule,) = compile_rules(config).rules
+    recent = RecentRows((rule,))
+    recent.note(Change("update", "public", "users", new={"id": 2, "name": "two"}))
+    rows = Rows([{"id": 1, "name": "one"}], {2: {"id": 2, "name": "two"}})
+    cache = Cache({"user:1": doc(1, "one"), "user:2": doc(2, "old")})
+    placements = {"default": pool_placement(config, "default")}
+    auditor = Auditor(
+        config,
+        lambda: placements,
+        cache,
+        readers=lambda dsn: rows,  # type: ignore[arg-type,return-value]
+        recheck_delay=0,
+        recent=recent,
+    )
+    tally = auditor.audit(rule, 10)
+    assert (tally.rows, tally.recent, tally.fresh, tally.stale) == (2, 1, 1, 1)
+    assert [e.key for e in tally.examples] == ["user:2"]
