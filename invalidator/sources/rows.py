@@ -74,11 +74,17 @@ class RowReader(_LazyConnection):
 
     def connection(self) -> psycopg.Connection[Any]:
         fresh = self.conn is None or self.conn.closed
-        conn = super().connection()
-        if fresh:
-            conn.execute(
-                sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.statement_timeout_ms))
-            )
+        try:
+            conn = super().connection()
+            if fresh:
+                conn.execute(
+                    sql.SQL("SET statement_timeout = {}").format(
+                        sql.Literal(self.statement_timeout_ms)
+                    )
+                )
+        except psycopg.Error as exc:
+            self.close()
+            raise source_error("audit: cannot connect to PostgreSQL", exc, self.dsn) from None
         return conn
 
     def _run(
@@ -110,9 +116,11 @@ class RowReader(_LazyConnection):
             f"cannot size {schema}.{table}",
             "SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples"
             " ELSE pg_relation_size(c.oid) / 100 END), 0)::float8 AS rows"
-            " FROM pg_class c WHERE c.oid = %(rel)s::regclass"
-            " OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %(rel)s::regclass)",
-            {"rel": name.as_string(self.connection())},
+            " FROM pg_class c,"
+            " (SELECT format('%%I.%%I', %(schema)s::text, %(table)s::text)::regclass AS rel) t"
+            " WHERE c.oid = t.rel"
+            " OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = t.rel)",
+            {"schema": schema, "table": table},
         )
         rows = float(estimate["rows"])
         if rows < SMALL_TABLE:

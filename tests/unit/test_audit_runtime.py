@@ -181,3 +181,17 @@ def test_rows_the_stream_changed_lately_are_audited_beside_the_sample() -> None:
     tally = auditor.audit(rule, 10)
     assert (tally.rows, tally.recent, tally.fresh, tally.stale) == (2, 1, 1, 1)
     assert [e.key for e in tally.examples] == ["user:2"]
+
+
+def test_an_unreachable_database_is_the_rules_error_without_the_password() -> None:
+    """Nothing listens on 127.0.0.1:1: the rule reports one line naming the server, never
+    the DSN's password, and nothing is counted."""
+    from invalidator.commands.audit import audit, exit_code
+
+    config = parse_config(
+        {**CONFIG, "source": {"dsn": "postgresql://audit:s3cret@127.0.0.1:1/app"}}, "t.yaml"
+    )
+    (tally,) = audit(config, sample=5, rate=100)
+    assert tally.error is not None and "s3cret" not in tally.error
+    assert tally.error.startswith("audit: cannot connect to PostgreSQL (127.0.0.1:1): ")
+    assert (tally.rows, tally.cached, exit_code([tally])) == (0, 0, 1)
