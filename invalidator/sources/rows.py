@@ -30,6 +30,8 @@ STATEMENT_TIMEOUT_MS = 2_000
 # Below this many rows (estimated) a sample is ORDER BY random(): exact and cheap; above,
 # TABLESAMPLE SYSTEM reads only about the pages it needs.
 SMALL_TABLE = 20_000
+MIN_PAGES = 20
+SAMPLE_TRIES = 3
 # Types psycopg loads as the stream gives them; every other type is loaded as text.
 _NATIVE = frozenset({"int2", "int4", "int8", "oid", "numeric", "bool", "text", "varchar"})
 _NATIVE |= {"bpchar", "name"}
@@ -115,24 +117,33 @@ class RowReader(_LazyConnection):
         (estimate,) = self._run(
             f"cannot size {schema}.{table}",
             "SELECT coalesce(sum(CASE WHEN c.reltuples >= 0 THEN c.reltuples"
-            " ELSE pg_relation_size(c.oid) / 100 END), 0)::float8 AS rows"
+            " ELSE pg_relation_size(c.oid) / 100 END), 0)::float8 AS rows,"
+            " coalesce(sum(greatest(c.relpages, 1)), 1)::float8 AS pages"
             " FROM pg_class c,"
             " (SELECT format('%%I.%%I', %(schema)s::text, %(table)s::text)::regclass AS rel) t"
             " WHERE c.oid = t.rel"
             " OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = t.rel)",
             {"schema": schema, "table": table},
         )
-        rows = float(estimate["rows"])
+        rows, pages = float(estimate["rows"]), float(estimate["pages"])
         if rows < SMALL_TABLE:
             query = sql.SQL("SELECT * FROM {} ORDER BY random() LIMIT {}").format(
                 name, sql.Literal(n)
             )
-        else:
-            percent = min(100.0, 100.0 * n * 3 / rows)
+            return [dict(row) for row in self._run(f"cannot sample {schema}.{table}", query)]
+        # SYSTEM picks whole pages: ask for 3x the rows and at least MIN_PAGES pages, and
+        # for 4x more when chance gave too few.
+        percent = 100.0 * max(3.0 * n / rows, MIN_PAGES / pages)
+        found: list[dict[str, Any]] = []
+        for _ in range(SAMPLE_TRIES):
             query = sql.SQL("SELECT * FROM {} TABLESAMPLE SYSTEM ({}) LIMIT {}").format(
-                name, sql.Literal(percent), sql.Literal(n)
+                name, sql.Literal(min(100.0, percent)), sql.Literal(n)
             )
-        return [dict(row) for row in self._run(f"cannot sample {schema}.{table}", query)]
+            found = [dict(row) for row in self._run(f"cannot sample {schema}.{table}", query)]
+            if len(found) >= n or percent >= 100.0:
+                break
+            percent *= 4
+        return found
 
     def lookup(self, schema: str, table: str, match: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The rows (at most 2: more means ``match`` is ambiguous) whose columns equal

@@ -14,9 +14,13 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.client.hash import HashClient
 
+from invalidator.core.changes import Change
+from invalidator.sources.postgres import stream_options
+from invalidator.sources.rows import RowReader
+from invalidator.sources.wal2json import read_stream
 from tests.cache_aside import ChurningWriter, get_user, owner_of, wait_until
 from tests.daemon_process import DaemonProcess, metric_breakdown
-from tests.services import MemcachedPool, PgDatabase
+from tests.services import MemcachedPool, PgDatabase, PostgresCluster, capture_wal2json
 
 USER_RULE = {
     "table": "users",
@@ -205,3 +209,29 @@ def test_the_probe_in_run_counts_stale_copies(
         assert any("audit found stale keys" in line for line in proc.log_lines())
     finally:
         proc.stop()
+
+
+def test_rows_are_read_as_the_stream_gives_them(
+    pg_cluster: PostgresCluster, pg_db: PgDatabase
+) -> None:
+    """The oracle is wal2json itself: a row of many types, inserted and decoded from the
+    stream (the daemon's options), equals the same row sampled and looked up by audit, so
+    the value audit expects is the one a refresh would write."""
+    pg_db.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, big bigint, n numeric(8,2), f float8, nan float8,"
+        " ok bool, s text, v varchar(10), ts timestamptz, d date, u uuid, j jsonb, b bytea,"
+        " a int[], missing text)"
+    )
+    insert = (
+        "INSERT INTO t VALUES (1, 9007199254740993, 1.10, 0.5, 'NaN', true, 'Zoë \"q\"', 'v',"
+        " '2024-05-01 12:30:00+02', '2024-05-01', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',"
+        " '{\"k\": [1, 2]}', '\\x01ff', ARRAY[1, 2], NULL)"
+    )
+    lines = capture_wal2json(pg_cluster, pg_db.name, "audit_types", [insert], stream_options(None))
+    (change,) = [e for e in read_stream(lines, "capture") if isinstance(e, Change)]
+    reader = RowReader(pg_db.dsn)
+    try:
+        assert reader.sample("public", "t", 5) == [dict(change.new or {})]
+        assert reader.lookup("public", "t", {"id": 1, "ts": change.new["ts"]}) == [change.new]
+    finally:
+        reader.close()
