@@ -235,3 +235,40 @@ def test_rows_are_read_as_the_stream_gives_them(
         assert reader.lookup("public", "t", {"id": 1, "ts": change.new["ts"]}) == [change.new]
     finally:
         reader.close()
+
+
+def test_the_probe_audits_rows_the_stream_changed_lately(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """A rule whose when_changed leaves out a column its value holds: an UPDATE of that
+    column leaves the cached copy stale. The probe samples 1 random row of 5,000 a round,
+    so only its record of recently changed rows can find the one row changed — and does."""
+    pg_db.execute("CREATE TABLE items (id int PRIMARY KEY, v int, note text)")
+    pg_db.execute("INSERT INTO items SELECT g, g, 'n' FROM generate_series(1, 5000) g")
+    pg_db.execute("ALTER TABLE items REPLICA IDENTITY FULL")  # the old v: unchanged is known
+    rule = {
+        "table": "items",
+        "keys": ["item:{id}"],
+        "when_changed": ["v"],
+        "value": {"json": ["id", "v", "note"]},
+    }
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=pg_db.dsn,
+        slot="audit",
+        servers=memcached.servers,
+        rules=[rule],
+        audit={"every": "0.5s", "sample": 1},
+    )
+    app.set("item:4242", json.dumps({"id": 4242, "v": 4242, "note": "n"}))
+    try:
+        proc.start()
+        pg_db.execute("UPDATE items SET note = 'changed' WHERE id = 4242")
+        assert wait_until(lambda: proc.metric("invalidator_audit_stale_total") >= 1, 30)
+        assert app.get("item:4242") is not None  # the daemon left it: when_changed
+        (line,) = [line for line in proc.log_lines() if "audit found stale keys" in line]
+        assert json.loads(line)["examples"] == [
+            f"item:4242@{owner_of(memcached.servers, 'item:4242')}"
+        ]
+    finally:
+        proc.stop()
