@@ -74,7 +74,9 @@ def print_text(tallies: list[RuleTally], out: IO[str]) -> None:
             f"rules[{t.rule}] {t.table} (pool {t.pool}): {t.rows} rows sampled, "
             f"{t.copies} copies read, {t.cached} cached: {t.fresh} fresh, "
             f"{t.reformatted} same value in other bytes, {t.stale} stale"
-            f" ({t.rechecked} re-checked)\n"
+            f" ({t.rechecked} re-checked"
+            + (f", {t.rewritten} rewritten at every re-check" if t.rewritten else "")
+            + ")\n"
         )
         if t.error is not None:
             out.write(f"  error: {t.error}\n")

@@ -24,6 +24,7 @@ from invalidator.core.rules import CompiledRule, json_value
 from invalidator.core.templates import Template, Unbuildable, key_problem
 
 Verdict = Literal["fresh", "reformatted", "stale", "absent"]
+Count = Verdict | Literal["rewritten"]
 MAX_EXAMPLES = 10
 EXAMPLE_CHARS = 120
 
@@ -112,13 +113,17 @@ class RuleTally:
     reformatted: int = 0
     stale: int = 0
     rechecked: int = 0  # first read stale, re-read after a delay (racing writes are fine)
+    rewritten: int = 0  # of those, rewritten at every re-read: no verdict
     examples: list[StaleCopy] = field(default_factory=list)
     error: str | None = None
 
-    def count(self, verdict: Verdict) -> None:
+    def count(self, verdict: Count) -> None:
         """Count a copy's final verdict (``stale`` only once it has been re-checked)."""
         self.copies += 1
         if verdict == "absent":
+            return
+        if verdict == "rewritten":
+            self.rewritten += 1
             return
         self.cached += 1
         if verdict == "fresh":
@@ -146,6 +151,7 @@ class RuleTally:
             "reformatted": self.reformatted,
             "stale": self.stale,
             "rechecked": self.rechecked,
+            "rewritten": self.rewritten,
             "examples": [
                 {"key": e.key, "node": e.node, "cached": e.cached, "expected": e.expected}
                 for e in self.examples

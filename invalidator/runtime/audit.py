@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from invalidator.config import NO_DSN, Config
@@ -36,6 +36,7 @@ from invalidator.errors import NodeError, SourceError
 from invalidator.runtime.metrics import Metrics
 from invalidator.sinks.memcached.client import NodeConnection
 from invalidator.sinks.memcached.connector import PLAIN, Connector
+from invalidator.sinks.memcached.protocol import Item
 from invalidator.sources.rows import RowReader
 
 DEFAULT_RATE = 200.0  # rows/s
@@ -44,6 +45,7 @@ CHUNK = 50  # rows whose keys are read in one round trip per node
 NODE_TIMEOUT = 2.0
 SETTLE_MAX = 5.0  # longest wait for the daemon to apply what the re-read saw
 SETTLE_POLL = 0.05
+RECHECK_ROUNDS = 3  # re-checks of a key rewritten while it was being re-checked
 
 
 def apps_dsn(config: Config, pool: str) -> str:
@@ -88,6 +90,7 @@ class _Copy:
     node: str
     template: Template
     row: Row
+    cas: int  # the write that looked stale: only its persisting counts
 
 
 class NodeReads:
@@ -99,13 +102,13 @@ class NodeReads:
         self.timeout = timeout
         self.connections: dict[str, NodeConnection] = {}
 
-    def get_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, bytes]:
+    def gets_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, Item]:
         conn = self.connections.get(node)
         if conn is None:
             connector = self.connectors.get(pool, PLAIN)
             conn = NodeConnection(node, parse_server(node), self.timeout, connector)
             self.connections[node] = conn
-        return conn.get_many(keys)
+        return conn.gets_many(keys)
 
     def close(self) -> None:
         for conn in self.connections.values():
@@ -206,32 +209,49 @@ class Auditor:
                     for node in placement.owners(key):
                         wanted.setdefault(node, []).append(key)
                         judged.append((key, node, template, row, expected))
-            cached: dict[str, dict[str, bytes]] = {}
+            cached: dict[str, dict[str, Item]] = {}
             for node, keys in wanted.items():
                 try:
-                    cached[node] = self.nodes.get_many(rule.pool, node, keys)
+                    cached[node] = self.nodes.gets_many(rule.pool, node, keys)
                 except NodeError as exc:  # the other nodes' copies are still judged
                     tally.error = tally.error or str(exc)
             for key, node, template, row, expected in judged:
                 if node not in cached:
                     continue
-                verdict = judge(cached[node].get(key), expected)
-                if verdict == "stale":
-                    suspects.append(_Copy(key, node, template, row))
+                item = cached[node].get(key)
+                verdict = judge(item.value if item is not None else None, expected)
+                if verdict == "stale" and item is not None:
+                    suspects.append(_Copy(key, node, template, row, item.cas))
                 else:
                     tally.count(verdict)
-        if not suspects:
-            return
-        self._sleep(self.recheck_delay)
-        reader = self.reader(rule.pool)
-        rows_now = [self._lookup(rule, copy) for copy in suspects]
-        self._settle(reader.position())
-        for copy, rows in zip(suspects, rows_now, strict=True):
+        self._recheck_all(rule, suspects, tally)
+
+    def _recheck_all(self, rule: CompiledRule, suspects: list[_Copy], tally: RuleTally) -> None:
+        """Judge the stale-looking copies again, after the delay and the daemon's catch-up.
+        Stale counts only when the very write that looked stale (its CAS) is still there:
+        a key rewritten meanwhile is watched again (its new write), at most
+        ``RECHECK_ROUNDS`` times, then left unjudged (``rewritten``)."""
+        for _ in range(RECHECK_ROUNDS):
+            if not suspects or self.stop.is_set():
+                break
+            self._sleep(self.recheck_delay)
+            reader = self.reader(rule.pool)
+            rows_now = [self._lookup(rule, copy) for copy in suspects]
+            self._settle(reader.position())
+            again: list[_Copy] = []
+            for copy, rows in zip(suspects, rows_now, strict=True):
+                verdict, item, expected = self._recheck(rule, copy, rows)
+                if verdict == "stale" and item is not None and item.cas != copy.cas:
+                    again.append(replace(copy, cas=item.cas))
+                    continue
+                tally.rechecked += 1
+                tally.count(verdict)
+                if verdict == "stale":
+                    tally.example(copy.key, copy.node, item.value if item else None, expected)
+            suspects = again
+        for _ in suspects:
             tally.rechecked += 1
-            verdict, now, expected = self._recheck(rule, copy, rows)
-            tally.count(verdict)
-            if verdict == "stale":
-                tally.example(copy.key, copy.node, now, expected)
+            tally.count("rewritten")
 
     def _lookup(self, rule: CompiledRule, copy: _Copy) -> list[dict[str, Any]]:
         match = {column: copy.row[column] for column in copy.template.columns}
@@ -251,13 +271,14 @@ class Auditor:
 
     def _recheck(
         self, rule: CompiledRule, copy: _Copy, rows: list[dict[str, Any]]
-    ) -> tuple[Verdict, bytes | None, bytes | None]:
+    ) -> tuple[Verdict, Item | None, bytes | None]:
         """The copy read again against ``rows`` (the row read again): the verdict, with
-        the bytes it was made on. Still stale, the row is read once more: a write that
-        landed between the re-read and the get (a refresh) explains it too."""
+        what it was made on. Still stale, the row is read once more: a write that landed
+        between the re-read and the get (a refresh) explains it too."""
         if len(rows) > 1:
             return "absent", None, None  # the key's columns name several rows: no verdict
-        cached = self.nodes.get_many(rule.pool, copy.node, [copy.key]).get(copy.key)
+        item = self.nodes.gets_many(rule.pool, copy.node, [copy.key]).get(copy.key)
+        cached = item.value if item is not None else None
         expected = self._expected(rule, rows[0]) if rows else None
         verdict = judge(cached, expected)
         if verdict == "stale":
@@ -265,8 +286,8 @@ class Auditor:
             if len(later) <= 1:
                 newer = self._expected(rule, later[0]) if later else None
                 if judge(cached, newer) != "stale":
-                    return judge(cached, newer), cached, newer
-        return verdict, cached, expected
+                    return judge(cached, newer), item, newer
+        return verdict, item, expected
 
 
 def _chunks(rows: Sequence[Row], size: int) -> Iterator[Sequence[Row]]:

@@ -11,6 +11,7 @@ from invalidator.config.build import compile_rules, pool_placement
 from invalidator.core.audit import RecentRows
 from invalidator.core.changes import Change
 from invalidator.runtime.audit import Auditor, NodeReads, Pacer, apps_dsn
+from invalidator.sinks.memcached.protocol import Item
 
 CONFIG = {
     "source": {"dsn": "postgresql://audit@127.0.0.1:1/app"},
@@ -64,16 +65,21 @@ class Rows:
 
 
 class Cache(NodeReads):
-    """Node values that the test changes between the first read and the re-read."""
+    """Node values, each with CAS unique 1 on the first read; ``script`` gives what the
+    following reads find (value, CAS) for a re-read key, its last entry repeating."""
 
-    def __init__(self, values: dict[str, bytes]):
+    def __init__(self, values: dict[str, bytes], script: Sequence[tuple[bytes, int]] = ()):
         super().__init__({})
         self.values = values
+        self.script = list(script)
         self.reads = 0
 
-    def get_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, bytes]:
+    def gets_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, Item]:
         self.reads += 1
-        return {k: self.values[k] for k in keys if k in self.values}
+        if self.reads > 1 and self.script:
+            value, cas = self.script[min(self.reads - 2, len(self.script) - 1)]
+            return {keys[0]: Item(value, cas)}
+        return {k: Item(self.values[k], 1) for k in keys if k in self.values}
 
 
 def doc(i: int, name: str) -> bytes:
@@ -139,8 +145,8 @@ def test_the_re_read_waits_for_the_daemon_to_apply_what_the_row_reflects() -> No
     applied = {"at": 0}
 
     class InFlight(Cache):
-        def get_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, bytes]:
-            return {} if applied["at"] >= 10 else super().get_many(pool, node, keys)
+        def gets_many(self, pool: str, node: str, keys: Sequence[str]) -> dict[str, Item]:
+            return {} if applied["at"] >= 10 else super().gets_many(pool, node, keys)
 
     def confirmed() -> int:
         applied["at"] = next(progress)
@@ -195,3 +201,21 @@ def test_an_unreachable_database_is_the_rules_error_without_the_password() -> No
     assert tally.error is not None and "s3cret" not in tally.error
     assert tally.error.startswith("audit: cannot connect to PostgreSQL (127.0.0.1:1): ")
     assert (tally.rows, tally.cached, exit_code([tally])) == (0, 0, 1)
+
+
+def test_a_key_rewritten_at_every_re_read_gets_no_verdict() -> None:
+    """An app that keeps storing a wrong value which the daemon keeps deleting: no write
+    stays, so none is called stale (counted as rewritten)."""
+    rows = Rows([{"id": 1, "name": "new"}], {1: {"id": 1, "name": "new"}})
+    cache = Cache({"user:1": b"junk"}, [(b"junk", n) for n in range(2, 10)])
+    tally = run(rows, cache)
+    assert (tally.stale, tally.rewritten, tally.rechecked) == (0, 1, 1)
+
+
+def test_a_stale_write_that_stays_after_a_rewrite_is_stale() -> None:
+    """Rewritten once with another stale value which then stays: that write is stale."""
+    rows = Rows([{"id": 1, "name": "new"}], {1: {"id": 1, "name": "new"}})
+    cache = Cache({"user:1": doc(1, "old")}, [(doc(1, "older"), 2)])
+    tally = run(rows, cache)
+    assert (tally.stale, tally.rewritten) == (1, 0)
+    assert [e.cached for e in tally.examples] == [doc(1, "older").decode()]

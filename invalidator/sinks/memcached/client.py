@@ -17,17 +17,18 @@ from invalidator.errors import NodeError
 from invalidator.sinks.memcached.connector import PLAIN, Connector
 from invalidator.sinks.memcached.protocol import (
     BumpStep,
+    Item,
     Outcome,
     ReplyReader,
     ValuesReader,
     bump_next,
     classify,
-    get_request,
+    gets_request,
     request_for,
 )
 
 DEFAULT_TIMEOUT = 5.0
-GET_BATCH = 100  # keys per `get` request
+GET_BATCH = 100  # keys per `gets` request
 MAX_BUMP_ROUNDS = 4  # incr, add, incr again, add again: then report what it answered
 
 
@@ -91,18 +92,18 @@ class NodeConnection:
             raise
         return lines
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """The values this node holds for ``keys`` (absent keys left out), in pipelined
-        ``get`` requests of at most ``GET_BATCH`` keys."""
+    def gets_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        """What this node holds for ``keys`` (absent keys left out), with CAS uniques, in
+        pipelined ``gets`` requests of at most ``GET_BATCH`` keys."""
         if not keys:
             return {}
         encoded = [k.encode("utf-8") for k in keys]
         requests = [
-            get_request(encoded[i : i + GET_BATCH]) for i in range(0, len(encoded), GET_BATCH)
+            gets_request(encoded[i : i + GET_BATCH]) for i in range(0, len(encoded), GET_BATCH)
         ]
         sock = self._connect()
         reader = ValuesReader()
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes, Item] = {}
         done = 0
         try:
             sock.sendall(b"".join(requests))

@@ -116,25 +116,34 @@ def classify(line: bytes) -> Reply:
     return Reply("error", line)  # ERROR, CLIENT_ERROR ..., SERVER_ERROR ...
 
 
-def get_request(keys: Sequence[bytes]) -> bytes:
-    """One ``get`` of several keys: answered by a ``VALUE`` block per key found, then ``END``."""
-    return b"get " + b" ".join(keys) + b"\r\n"
+def gets_request(keys: Sequence[bytes]) -> bytes:
+    """One ``gets`` of several keys: a ``VALUE`` block per key found (with its CAS unique,
+    which changes with every write of the key), then ``END``."""
+    return b"gets " + b" ".join(keys) + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A cached value and its CAS unique (0 when the reply carried none: ``get``)."""
+
+    value: bytes
+    cas: int
 
 
 class ValuesReader:
-    """Parses the replies to ``get`` requests: ``VALUE <key> <flags> <bytes>``, the data,
-    and ``END`` closing each request. ``feed`` returns the requests completed, each as a
-    dict key → value of what it found."""
+    """Parses the replies to ``get``/``gets`` requests: ``VALUE <key> <flags> <bytes>
+    [<cas>]``, the data, and ``END`` closing each request. ``feed`` returns the requests
+    completed, each as a dict key → ``Item`` of what it found."""
 
     __slots__ = ("_buffer", "_found")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._found: dict[bytes, bytes] = {}
+        self._found: dict[bytes, Item] = {}
 
-    def feed(self, data: bytes) -> list[dict[bytes, bytes]]:
+    def feed(self, data: bytes) -> list[dict[bytes, Item]]:
         self._buffer += data
-        done: list[dict[bytes, bytes]] = []
+        done: list[dict[bytes, Item]] = []
         buffer = self._buffer
         start = 0
         while True:
@@ -148,12 +157,17 @@ class ValuesReader:
                 start = end + 2
                 continue
             parts = line.split(b" ")
-            if len(parts) < 4 or parts[0] != b"VALUE" or not parts[3].isdigit():
+            if (
+                len(parts) not in (4, 5)
+                or parts[0] != b"VALUE"
+                or not all(p.isdigit() for p in parts[3:])
+            ):
                 raise ValueError(f"unexpected reply to get: {line[:60]!r}")
             size = int(parts[3])
             if len(buffer) < end + 2 + size + 2:
                 break  # the value has not fully arrived
-            self._found[parts[1]] = bytes(buffer[end + 2 : end + 2 + size])
+            cas = int(parts[4]) if len(parts) == 5 else 0
+            self._found[parts[1]] = Item(bytes(buffer[end + 2 : end + 2 + size]), cas)
             start = end + 2 + size + 2
         del buffer[:start]
         return done
