@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test unit integration faults coverage lint typecheck fixtures bench bench-compare demo system-deps venv clean
+.PHONY: test unit integration faults coverage lint typecheck fixtures placement-vectors bench bench-compare demo system-deps venv clean
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh
@@ -66,6 +66,12 @@ typecheck: venv
 fixtures: system-deps venv
 	$(PY) scripts/make_fixtures.py tests/fixtures
 
+# Key -> node vectors from the real client libraries (tests/fixtures/placement/README.md):
+# installs them (Debian packages when missing, PyPI into .venv-vectors, ...) and runs every
+# scripts/placement_vectors/*_vectors.py and *_vectors.sh.
+placement-vectors:
+	@PYTHON=$(PYTHON) bash scripts/placement_vectors/run.sh
+
 bench: system-deps venv
 	$(PY) bench/report.py $(BENCH_ARGS)
 
@@ -79,4 +85,4 @@ demo: system-deps venv
 	$(PY) scripts/demo.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .venv-vectors .pytest_cache .mypy_cache .ruff_cache build *.egg-info

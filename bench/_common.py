@@ -264,6 +264,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
         create_slot: bool = True,
         drain_timeout: float = 5.0,
         tls: dict[str, str] | None = None,
+        pool: dict[str, Any] | None = None,
     ):
         port = free_port()
         config = write_config(
@@ -273,7 +274,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
             servers=servers,
             rules=rules,
             port=port,
-            pool={"hashing": "rendezvous", **({"tls": tls} if tls else {})},
+            pool={"hashing": "rendezvous", **({"tls": tls} if tls else {}), **(pool or {})},
             log_level="warning",
             kind="wal2json",
             create_slot=create_slot,
@@ -369,12 +370,17 @@ class Bench:
         rules: Sequence[dict[str, Any]],
         *,
         create_slot: bool = True,
+        pool: dict[str, Any] | None = None,
+        dsn: str | None = None,
+        servers: Sequence[str] | None = None,
     ) -> DaemonProcess:
-        """A DaemonProcess for this cluster and pool (not started); stopped on exit."""
+        """A DaemonProcess for this cluster (or ``dsn``) and pool (``pool``: more pool
+        settings; ``servers``: other than the pool's), not started; stopped on exit."""
         proc = DaemonProcess(
-            dsn=self.cluster.dsn(),
+            dsn=dsn or self.cluster.dsn(),
+            pool=pool,
             slot=slot,
-            servers=self.pool.servers,
+            servers=servers if servers is not None else self.pool.servers,
             rules=rules,
             workdir=self.workdir,
             create_slot=create_slot,

@@ -77,6 +77,8 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             ),
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
+            Step("replicas", "replicas.py", ["--probes", "15"]),
+            Step("vanished_node", "vanished_node.py", ["--samples", "100"]),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -88,6 +90,8 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("latency", "latency.py", []),
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
         Step("tls", "tls.py", ["--rounds", "3"]),
+        Step("replicas", "replicas.py", []),
+        Step("vanished_node", "vanished_node.py", []),
     ]
 
 
@@ -413,6 +417,54 @@ def tls_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def replica_rows(data: dict[str, Any]) -> list[Row]:
+    """Replica-aware invalidation against plain deletes, same load, by bench/replicas.py."""
+    modes = {m["mode"]: m for m in data["modes"]}
+    plain, hold = modes["no replicas"], modes["hold"]
+    delay = data["delay_ms"]
+    return [
+        [
+            f"replicas: commit -> key gone p50/p99 ms (standby {delay} ms behind)",
+            f"{fmt_num(hold['gone']['p50_ms'], 1)} / {fmt_num(hold['gone']['p99_ms'], 1)}",
+            f"{fmt_num(plain['gone']['p50_ms'], 1)} / {fmt_num(plain['gone']['p99_ms'], 1)}"
+            " (no replicas)",
+            "after replay",
+            yes(hold["gone"]["p50_ms"] >= hold["replayed"]["p50_ms"]),
+        ],
+        [
+            "replicas: commit -> standby replayed p50/p99 ms",
+            f"{fmt_num(hold['replayed']['p50_ms'], 1)} / {fmt_num(hold['replayed']['p99_ms'], 1)}",
+            "-",
+            "-",
+            "-",
+        ],
+        [
+            "replicas: keys holding an old row after the writes",
+            f"{hold['stale']} / {hold['cached']}",
+            f"{plain['stale']} / {plain['cached']} (no replicas)",
+            "0",
+            yes(hold["stale"] == 0),
+        ],
+    ]
+
+
+def vanished_rows(data: dict[str, Any]) -> list[Row]:
+    """Healthy nodes' latency with a fourth node whose name does not resolve, by
+    bench/vanished_node.py (four real nodes as the reference, same run)."""
+    runs = {r["mode"]: r["latency"] for r in data["runs"]}
+    base, vanished = runs["4 nodes"], runs["1 unresolvable"]
+    return [
+        [
+            f"one unresolvable node: healthy keys gone p{q} ms ({data['rate']} tps)",
+            fmt_num(vanished[f"p{q}_ms"]),
+            f"{fmt_num(base[f'p{q}_ms'])} (4 real nodes)",
+            f"{vanished[f'p{q}_ms'] / base[f'p{q}_ms']:.2f}x",
+            "-",
+        ]
+        for q in (50, 99)
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -422,6 +474,8 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "placement": placement_rows,
     "hotpath": hotpath_rows,
     "tls": tls_rows,
+    "replicas": replica_rows,
+    "vanished_node": vanished_rows,
 }
 ORDER = [
     "throughput",
@@ -432,6 +486,8 @@ ORDER = [
     "placement",
     "hotpath",
     "tls",
+    "replicas",
+    "vanished_node",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 

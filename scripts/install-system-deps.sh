@@ -6,7 +6,10 @@
 set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux dnsmasq-base; do
+# libmemcached-dev, zlib1g-dev: pylibmc (dev extra; the live placement tests) builds against them
+# where PyPI has no wheel for the platform.
+for pkg in postgresql-15 postgresql-15-wal2json postgresql-client-15 memcached util-linux dnsmasq-base \
+    libmemcached-dev zlib1g-dev; do
     have_pkg "$pkg" || need+=("$pkg")
 done
 # The package compiles a C extension (invalidator/hotpath/_hotpath.c): a compiler, and the

@@ -20,6 +20,7 @@ from tests.services import (
     MemcachedPool,
     PgDatabase,
     PostgresCluster,
+    PostgresStandby,
     ServiceError,
     exit_on_sigterm,
 )
@@ -39,10 +40,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @contextlib.contextmanager
-def running_postgres(**options: Any) -> Iterator[PostgresCluster]:
-    """A started PostgresCluster (``options`` as its constructor takes them), stopped on
-    exit; a cluster that cannot start fails the test with the reason, never skips it."""
-    cluster = PostgresCluster(**options)
+def running_postgres(
+    cluster: PostgresCluster | None = None, **options: Any
+) -> Iterator[PostgresCluster]:
+    """A started PostgresCluster (``cluster``, or one built with ``options`` as its
+    constructor takes them; a PostgresStandby too), stopped on exit; a cluster that cannot
+    start fails the test with the reason, never skips it."""
+    cluster = cluster if cluster is not None else PostgresCluster(**options)
     try:
         cluster.start()
     except ServiceError as err:
@@ -58,6 +62,15 @@ def pg_cluster() -> Iterator[PostgresCluster]:
     """A running PostgreSQL cluster (wal_level=logical, wal2json checked) for the session."""
     with running_postgres() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def pg_standby(pg_cluster: PostgresCluster) -> Iterator[PostgresStandby]:
+    """A physical hot standby of the session cluster (its databases, created before or
+    after, stream to it). No apply delay until a test sets one (``set_apply_delay``)."""
+    with running_postgres(PostgresStandby(pg_cluster)) as standby:
+        assert isinstance(standby, PostgresStandby)
+        yield standby
 
 
 @pytest.fixture

@@ -341,7 +341,18 @@ class DaemonProcess:
         self.returncode = proc.wait(10)
         return self.returncode
 
+    def __enter__(self) -> Self:
+        """``with proc.start():`` stops it (``stop()``) when the block ends."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     # -- the log --------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Everything the process wrote so far."""
+        return "\n".join(self.log_lines())
 
     def log_lines(self) -> list[str]:
         """What the process wrote so far (stdout and stderr), blank lines left out."""

@@ -42,6 +42,7 @@ __all__ = [
     "MemcachedPool",
     "PgDatabase",
     "PostgresCluster",
+    "PostgresStandby",
     "ServiceError",
     "Statement",
     "capture_wal2json",
@@ -788,6 +789,110 @@ class PostgresCluster:
 
     def current_wal_lsn(self, dbname: str = "postgres") -> str:
         return str(self.execute("SELECT pg_current_wal_lsn()::text", dbname=dbname)[0][0])
+
+
+class PostgresStandby(PostgresCluster):
+    """A physical hot standby of ``primary``: ``pg_basebackup -R -X stream`` run as the same
+    unprivileged user, streaming from it on its own port of 127.0.0.1. Apps read it on a
+    cache miss; ``set_apply_delay`` makes it lag (``recovery_min_apply_delay``), ``promote``
+    turns it into a primary on a new timeline (a failover).
+
+    >>> with PostgresStandby(primary, apply_delay_ms=400) as standby:
+    ...     standby.wait_for_replay(primary.current_wal_lsn())
+    """
+
+    def __init__(self, primary: PostgresCluster, *, apply_delay_ms: int = 0):
+        user = primary._run_as.pw_name if primary._run_as is not None else primary._run_as_name
+        super().__init__(bindir=primary._resolve_bindir(), run_as=user)
+        self.primary = primary
+        self._initial_delay_ms = apply_delay_ms
+
+    def _initdb(self) -> None:
+        primary = self.primary
+        proc = self._run_server_tool(
+            [
+                self.bin("pg_basebackup"),
+                "-h",
+                primary.host,
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(self.data_dir),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+            timeout=120,
+        )
+        if proc.returncode != 0:
+            raise ServiceError(
+                _with_detail(
+                    f"pg_basebackup from {primary.host}:{primary.port} failed"
+                    f" (exit {proc.returncode})",
+                    _tail(proc.stdout + proc.stderr),
+                )
+            )
+        self._write_apply_delay(self._initial_delay_ms)
+
+    def _check_server(self) -> None:
+        if not self.execute("SELECT pg_is_in_recovery()")[0][0]:
+            raise ServiceError("the standby is not in recovery after start")
+
+    def _write_apply_delay(self, milliseconds: int) -> None:
+        """Set ``recovery_min_apply_delay`` in postgresql.auto.conf (not on the command
+        line, whose settings a reload could not change)."""
+        auto = self.data_dir / "postgresql.auto.conf"
+        lines = [
+            line
+            for line in auto.read_text().splitlines()
+            if not line.startswith("recovery_min_apply_delay")
+        ]
+        lines.append(f"recovery_min_apply_delay = '{milliseconds}ms'")
+        auto.write_text("\n".join(lines) + "\n")
+
+    def set_apply_delay(self, milliseconds: int) -> None:
+        """Replay each commit no sooner than ``milliseconds`` after it (0: at once)."""
+        self._write_apply_delay(milliseconds)
+        self.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        want = f"{milliseconds}ms" if milliseconds else "0"
+        while time.monotonic() < deadline:
+            shown = str(self.execute("SHOW recovery_min_apply_delay")[0][0])
+            if shown == want or (milliseconds and shown == f"{milliseconds / 1000:g}s"):
+                return
+            time.sleep(0.02)
+        raise ServiceError(f"recovery_min_apply_delay did not become {milliseconds}ms")
+
+    def replay_lsn(self) -> str:
+        return str(self.execute("SELECT pg_last_wal_replay_lsn()::text")[0][0])
+
+    def wait_for_replay(self, lsn: str, timeout: float = 30.0) -> None:
+        """Wait until this standby has replayed the primary's WAL up to ``lsn``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn])[0][0]
+            if done:
+                return
+            time.sleep(0.02)
+        raise ServiceError(f"standby did not replay {lsn} within {timeout:.0f}s")
+
+    def promote(self) -> None:
+        """End recovery: this server becomes a primary on a new timeline."""
+        proc = self._run_server_tool(
+            [self.bin("pg_ctl"), "promote", "-D", str(self.data_dir), "-w", "-t", "60"],
+            timeout=75,
+        )
+        if proc.returncode != 0:
+            raise ServiceError(
+                _with_detail(
+                    f"pg_ctl promote failed (exit {proc.returncode})",
+                    _tail(proc.stdout + proc.stderr),
+                )
+            )
 
 
 # --------------------------------------------------------------------------- wal2json capture

@@ -124,7 +124,17 @@ def cmd_teardown(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    record, usable = _source(load_config(args.config)).status()
+    config = load_config(args.config)
+    record, usable = _source(config).status()
+    if any(pool.replicas for pool in config.pools.values()):
+        from invalidator.sources.replicas import replica_status
+
+        primary = config.source.dsn.get_secret_value() if config.source.dsn else None
+        record["replicas"] = {
+            name: [replica_status(dsn.get_secret_value(), primary) for dsn in pool.replicas]
+            for name, pool in config.pools.items()
+            if pool.replicas
+        }
     print(json.dumps(record))
     return 0 if usable else 1
 

@@ -34,13 +34,13 @@ from invalidator.config.model import (
     ValueConfig,
     WarmConfig,
 )
-from invalidator.config.pools import SUPPORTED_HASHING, DiscoverConfig, Hashing, PoolConfig
+from invalidator.config.pools import HASHING, DiscoverConfig, PoolConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ENV_PREFIX",
+    "HASHING",
     "NO_DSN",
-    "SUPPORTED_HASHING",
     "Action",
     "AuditConfig",
     "ChangeOp",
@@ -48,7 +48,6 @@ __all__ = [
     "DiscoverConfig",
     "Duration",
     "EnvOverrides",
-    "Hashing",
     "HttpConfig",
     "KeyTemplate",
     "LogConfig",

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from invalidator.config import Config, RuleConfig
-from invalidator.core.placement import Placement, node_name, parse_server, placement_for
+from invalidator.core.placement import (
+    Placement,
+    node_name,
+    parse_server,
+    placement_for,
+    split_weight,
+)
 from invalidator.core.routing import Router
 from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.core.templates import compile_template
@@ -49,7 +55,9 @@ def pool_placement(config: Config, pool: str, servers: tuple[str, ...] | None = 
     """The placement ``pool``'s settings ask for, over ``servers`` (default: its own)."""
     settings = config.pools[pool]
     chosen = servers if servers is not None else settings.servers
-    return placement_for(settings.hashing, chosen, fallback_depth=settings.fallback_depth)
+    return placement_for(
+        settings.client, chosen, settings.behaviors, fallback_depth=settings.fallback_depth
+    )
 
 
 def static_router(config: Config) -> Router:
@@ -61,9 +69,9 @@ def static_router(config: Config) -> Router:
 
 
 def node_addresses(config: Config) -> dict[str, tuple[str, int]]:
-    """Node name → address of every static server of every pool."""
+    """Node name → address of every static server of every pool (weights left out)."""
     return {
-        node_name(server): parse_server(server)
+        node_name(server): parse_server(split_weight(server)[0])
         for pool in config.pools.values()
         for server in pool.servers
     }

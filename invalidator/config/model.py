@@ -212,6 +212,17 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _replicas_need_wal(self) -> Config:
+        if self.source.kind == "notify":
+            for name, pool in self.pools.items():
+                if pool.replicas:
+                    raise ValueError(
+                        f"pools.{name}.replicas: needs a logical replication source "
+                        "(wal2json): the notify source has no commit position to wait for"
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _pools_exist(self) -> Config:
         for i, entry in enumerate(self.warm):
             if entry.pool not in self.pools:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from invalidator.config.fields import Duration, StrictModel
-from invalidator.core.placement.servers import node_name, parse_server
+from invalidator.core.placement import CLIENTS, placement_for
+from invalidator.core.placement.servers import node_name, parse_server, split_weight
 
-Hashing = Literal["rendezvous", "ketama", "modula", "broadcast"]
-SUPPORTED_HASHING = ("rendezvous", "broadcast")
+# The older `hashing:` names → the `client` and `behaviors` they mean (SPEC "Pools").
+HASHING: dict[str, tuple[str, dict[str, Any]]] = {
+    "rendezvous": ("pymemcache", {}),
+    "ketama": ("pylibmc", {"ketama": True}),
+    "modula": ("pylibmc", {}),
+    "broadcast": ("broadcast", {}),
+}
 
 
 class DiscoverConfig(StrictModel):
@@ -63,10 +69,33 @@ class TlsConfig(StrictModel):
         return self
 
 
+def _server_entry(entry: Any) -> Any:
+    """``{server: "host:port", weight: N}`` → ``"host:port N"``; strings stay as written."""
+    if isinstance(entry, Mapping):
+        unknown = sorted(set(entry) - {"server", "weight"})
+        if unknown or "server" not in entry:
+            raise ValueError(
+                "a server entry is 'host:port', 'host:port WEIGHT' or {server, weight}"
+                + (f" (unknown field {', '.join(map(str, unknown))})" if unknown else "")
+            )
+        server, weight = entry["server"], entry.get("weight")
+        if not isinstance(server, str) or (
+            weight is not None and (isinstance(weight, bool) or not isinstance(weight, int))
+        ):
+            raise ValueError("a server entry is {server: 'host:port', weight: a whole number}")
+        return server if weight is None else f"{server} {weight}"
+    return entry
+
+
 class PoolConfig(StrictModel):
+    """A memcached pool. ``client``/``behaviors`` say whose placement to copy; the older
+    ``hashing`` is read into them (and is then None)."""
+
     servers: tuple[str, ...] = ()
     discover: DiscoverConfig | None = None
-    hashing: Hashing = "rendezvous"
+    client: str = "pymemcache"
+    behaviors: Mapping[str, Any] = Field(default_factory=dict)
+    hashing: str | None = None
     fallback_depth: int = Field(0, ge=0, le=8)
     # Operations queued for an unreachable node before they are replaced by one flush_all
     # (sent when it answers again): bounds memory and never stalls the stream.
@@ -75,27 +104,90 @@ class PoolConfig(StrictModel):
     ttls: Mapping[str, int] = Field(default_factory=dict)
     redelete_after: Duration | None = None
     tls: TlsConfig | None = None
+    # The read replicas this pool's apps read on a cache miss (DSNs: secrets). An operation
+    # takes effect once every one of them has replayed its commit; ``replica_wait_max``
+    # bounds the wait for one that is down or far behind (then: apply now, and again when
+    # it catches up).
+    replicas: tuple[SecretStr, ...] = ()
+    replica_wait_max: Duration = 30.0
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        texts = [dsn.get_secret_value().strip() for dsn in value]
+        if any(not text for text in texts):
+            raise ValueError("a replica DSN is empty")
+        if len(set(texts)) != len(texts):
+            raise ValueError("a replica is listed twice")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_hashing(cls, data: Any) -> Any:
+        """``hashing: ketama`` → ``client: pylibmc, behaviors: {ketama: true}``; giving
+        ``client``/``behaviors`` too must say the same thing."""
+        if not isinstance(data, Mapping) or data.get("hashing") is None:
+            return data
+        hashing = data["hashing"]
+        if hashing not in HASHING:
+            raise ValueError(
+                f"hashing: unknown {hashing!r} (known: {', '.join(HASHING)}; "
+                f"or write client: one of {', '.join(CLIENTS)})"
+            )
+        client, behaviors = HASHING[hashing]
+        given_client = data.get("client", client)
+        given_behaviors = data.get("behaviors", behaviors)
+        if given_client != client or given_behaviors != behaviors:
+            raise ValueError(
+                f"hashing: {hashing} means client: {client}, behaviors: {behaviors or '{}'}, "
+                f"which contradicts client: {given_client}, behaviors: "
+                f"{given_behaviors or '{}'}; keep client/behaviors and drop hashing"
+            )
+        return {**data, "client": client, "behaviors": dict(behaviors), "hashing": None}
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _server_entries(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(_server_entry(entry) for entry in value)
+        return value
 
     @field_validator("servers")
     @classmethod
     def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for server in value:
-            parse_server(server)
-        if len(set(value)) != len(value):
+        for entry in value:
+            parse_server(split_weight(entry)[0])
+        nodes = [node_name(entry) for entry in value]
+        if len(set(nodes)) != len(nodes):
             raise ValueError("a server is listed twice")
         return value
 
-    @field_validator("hashing")
+    @field_validator("client")
     @classmethod
-    def _hashing(cls, value: str) -> str:
-        if value not in SUPPORTED_HASHING:
-            raise ValueError(f"{value!r} is not supported yet (supported: rendezvous, broadcast)")
+    def _client(cls, value: str) -> str:
+        if value not in CLIENTS:
+            raise ValueError(f"unknown client {value!r} (known: {', '.join(CLIENTS)})")
         return value
 
     @model_validator(mode="after")
     def _has_servers(self) -> PoolConfig:
         if not self.servers and self.discover is None:
             raise ValueError("a pool needs 'servers' or 'discover'")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> PoolConfig:
+        """The placement can be built: behaviors, weights and fallback_depth are ones the
+        client takes and we reproduce (discovered pools: checked over a stand-in node)."""
+        try:
+            placement_for(
+                self.client,
+                self.servers or ("127.0.0.1:11211",),
+                self.behaviors,
+                self.fallback_depth,
+            )
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

@@ -22,6 +22,11 @@ class Txn:
     commit_time: float | None = None  # commit timestamp (Unix seconds), for latency
     # A unit of several transactions (the C hot path's): each one's commit time
     commit_times: tuple[float, ...] = ()
+    # The end LSN and commit time of the transaction this unit's work belongs to, once its
+    # commit is seen (a row's unit is closed at 0 before its transaction commits): what
+    # replica holds wait for. 0 / None until then.
+    txn_end_lsn: int = 0
+    txn_time: float | None = None
 
     @property
     def done(self) -> bool:
@@ -34,6 +39,9 @@ class AckTracker:
     def __init__(self, confirmed: int = 0):
         self.confirmed = confirmed
         self._open: deque[Txn] = deque()
+        # Units closed at position 0 since the last commit: their transaction's commit is
+        # the next one (or later: never earlier).
+        self._unplaced: list[Txn] = []
 
     def begin(self) -> Txn:
         txn = Txn()
@@ -41,9 +49,21 @@ class AckTracker:
         return txn
 
     def commit(self, txn: Txn, end_lsn: int, commit_time: float | None) -> None:
+        """Close ``txn`` at ``end_lsn`` (0: a unit inside a transaction, confirmable only
+        with the commit that follows it)."""
         txn.committed = True
         txn.end_lsn = end_lsn
         txn.commit_time = commit_time
+        if not end_lsn:
+            self._unplaced.append(txn)
+            return
+        txn.txn_end_lsn = end_lsn
+        txn.txn_time = commit_time
+        if self._unplaced:
+            for unit in self._unplaced:
+                unit.txn_end_lsn = end_lsn
+                unit.txn_time = commit_time
+            self._unplaced.clear()
 
     @property
     def pending(self) -> int:

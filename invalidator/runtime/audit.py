@@ -49,12 +49,10 @@ RECHECK_ROUNDS = 3  # re-checks of a key rewritten while it was being re-checked
 
 
 def apps_dsn(config: Config, pool: str) -> str:
-    """The database ``pool``'s apps read on a miss: its first replica, else the primary.
-    (``replicas`` is read with getattr: configurations without that field still work.)"""
-    replicas = getattr(config.pools[pool], "replicas", None) or ()
+    """The database ``pool``'s apps read on a miss: its first replica, else the primary."""
+    replicas = config.pools[pool].replicas
     if replicas:
-        first = replicas[0]
-        return str(first.get_secret_value() if hasattr(first, "get_secret_value") else first)
+        return replicas[0].get_secret_value()
     if config.source.dsn is None:
         raise SourceError(NO_DSN)
     return config.source.dsn.get_secret_value()

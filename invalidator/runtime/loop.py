@@ -23,6 +23,7 @@ from invalidator.sources.base import Session
 
 IDLE_WAIT = 0.2  # longest select when nothing is due
 SERVICE_WAIT = 0.05  # longest select with no source (backoff, drain): timeouts stay prompt
+_REPLICA_WAKE = object()  # the selector's tag for the replica gate's wake-up pipe
 
 
 class EventLoop:
@@ -42,6 +43,8 @@ class EventLoop:
         self.telemetry = telemetry
         self.clock = clock
         self.selector = selectors.DefaultSelector()
+        if pipeline.gate is not None:
+            self.selector.register(pipeline.gate.fileno(), selectors.EVENT_READ, _REPLICA_WAKE)
         self.stopping = False
         self.deadline = 0.0  # when stopping: finish in-flight work until then
 
@@ -54,7 +57,7 @@ class EventLoop:
         try:
             while True:
                 now = self.clock()
-                if self.stopping and (self.nodes.pending == 0 or now > self.deadline):
+                if self.stopping and (self.pipeline.pending == 0 or now > self.deadline):
                     break
                 want = not self.stopping and self.nodes.below_window() and session.may_read(now)
                 if want != registered:
@@ -79,7 +82,7 @@ class EventLoop:
             now = self.clock()
             if now >= until or (self.stopping and not drain):
                 return
-            if drain and self.nodes.pending == 0:
+            if drain and self.pipeline.pending == 0:
                 return
             self._turn(now, min(SERVICE_WAIT, until - now), False)
             self._finish_turn(None)
@@ -89,19 +92,25 @@ class EventLoop:
         self.telemetry.health.last_loop = now
         if now >= self.membership.next_check:
             self.membership.tick(now)
-        next_redelete = self.pipeline.tick(now) if self.pipeline.redeletes else None
+        pipeline = self.pipeline
+        next_timer = pipeline.tick(now) if pipeline.timers else None
         nodes = self.nodes
         nodes.check_timeouts(now)
         nodes.register(self.selector, now)
         timeout = 0.0 if nodes.wants_write or source_buffered else min(IDLE_WAIT, wait)
-        if next_redelete is not None:
-            timeout = min(timeout, max(0.0, next_redelete - now))
+        if next_timer is not None:
+            timeout = min(timeout, max(0.0, next_timer - now))
         ready = source_buffered
-        settled = self.pipeline.settled
+        settled = pipeline.settled
         for key, events in self.selector.select(max(0.0, timeout)):
             channel: NodeChannel | None = key.data
             if channel is None:
                 ready = True
+                continue
+            if channel is _REPLICA_WAKE:
+                assert pipeline.gate is not None
+                pipeline.gate.drain()
+                pipeline.tick(self.clock())  # a replica moved: release what it replayed
                 continue
             settled(nodes.on_event(channel, events))
         return ready
@@ -115,6 +124,8 @@ class EventLoop:
         if self.telemetry.due(now):
             confirmed, server_end = session.progress() if session is not None else (0, 0)
             self.telemetry.publish(confirmed, server_end, self.nodes.pending_by_node())
+            if self.pipeline.gate is not None:
+                self.pipeline.gate.publish(now)
         return wait
 
     def close(self) -> None:

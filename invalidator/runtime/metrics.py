@@ -30,6 +30,8 @@ LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+# A replica wait is bounded by replica_wait_max (default 30 s).
+REPLICA_BUCKETS = (*LATENCY_BUCKETS, 30.0, 60.0)
 
 
 class Metrics:
@@ -77,6 +79,19 @@ class Metrics:
             p + "gaps",
             "Times continuity was lost (changes may have been missed), by reason",
             ["reason"],
+            registry=r,
+        )
+        self.replica_lag = Gauge(
+            p + "replica_lag_seconds",
+            "How long the oldest commit a read replica has not replayed has waited (0: caught"
+            " up); while it cannot be reached, how long since it last answered",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_wait = Histogram(
+            p + "replica_wait_seconds",
+            "Commit timestamp to every replica of the pool having replayed it",
+            buckets=REPLICA_BUCKETS,
             registry=r,
         )
         self.audit_checked = Counter(

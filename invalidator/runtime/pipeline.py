@@ -18,9 +18,11 @@ from invalidator.core.changes import Change
 from invalidator.core.operations import Operation, SkippedKey
 from invalidator.core.placement import Placement
 from invalidator.core.redelete import RedeleteScheduler
+from invalidator.core.routing import Routed
 from invalidator.core.rules import RuleSet, TableName, gap_operations, plan
 from invalidator.core.tracker import Txn
 from invalidator.errors import SourceError
+from invalidator.runtime.replicas import ReplicaGate
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Telemetry
 from invalidator.sinks.memcached.channel import FLUSH_OP, Entry
@@ -46,6 +48,7 @@ class Pipeline:
         skips: SkipReporter,
         values: ValueSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        gate: ReplicaGate | None = None,
     ):
         self.rules = rules
         self.nodes = nodes
@@ -55,6 +58,8 @@ class Pipeline:
         self.clock = clock
         self.log = telemetry.log
         self.redeletes = RedeleteScheduler()
+        # Pools with read replicas: their operations wait until the replicas replayed them.
+        self.gate = gate
         # Rows changed lately, for the audit probe (``audit:`` in the config).
         self.recent: RecentRows | None = None
         # A partition not known at start: the source resolves it to its watched parent.
@@ -64,11 +69,30 @@ class Pipeline:
     # -- what sources see (sources.base.Feed) ---------------------------------------------
 
     @property
+    def pending(self) -> int:
+        """Operations not yet acknowledged: queued on nodes, or held for replicas."""
+        held = sum(self.gate.holds.waiting(p) for p in self.gate.pools) if self.gate else 0
+        return self.nodes.pending + held
+
+    @property
+    def timers(self) -> bool:
+        """Something waits on a timer: re-deletes, or operations held for replicas."""
+        return bool(self.redeletes) or (self.gate is not None and bool(self.gate.holds))
+
+    @property
     def version(self) -> int:
         return self._rules_version + self.nodes.version
 
     def placements(self) -> Mapping[str, Placement]:
-        return self.nodes.router.placements
+        placements = self.nodes.router.placements
+        if self.gate is None:
+            return placements
+        # The C hot path sends straight to the nodes: replica pools' work must be held.
+        held = self.gate.pools
+        return {
+            name: _NotHot(placement) if name in held else placement
+            for name, placement in placements.items()
+        }
 
     def set_rules(self, rules: RuleSet) -> None:
         self.rules = rules
@@ -124,15 +148,28 @@ class Pipeline:
             return
         if any(op.op == "refresh" and op.value is None for op in operations):
             operations = tuple(self._query_value(op, change) for op in operations)
+        gate = self.gate
+        if gate is None:
+            self._send(operations, txn)
+            return
+        direct, held = gate.split(operations)
+        if held:
+            gate.hold(held, txn)
+        if direct:
+            self._send(direct, txn)
+
+    def _send(self, operations: Iterable[Operation], txn: Txn | None) -> list[Routed]:
+        """Queue ``operations`` on their nodes now, and schedule their re-deletes."""
         routed = self.nodes.submit(operations, txn)
-        compiled = rules.rules
+        compiled = self.rules.rules
         now = 0.0
         for item in routed:
             op = item.operation
-            delay = compiled[op.rule].redelete
+            delay = compiled[op.rule].redelete if op.rule < len(compiled) else None
             if delay and op.op == "delete":
                 now = now or self.clock()
                 self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
+        return routed
 
     def _query_value(self, op: Operation, change: Change) -> Operation:
         """Fill a query refresh's value; no row (or a failing query) becomes a delete."""
@@ -165,12 +202,35 @@ class Pipeline:
             self.telemetry.op_results[(pool, "redelete", "sent")] += 1
 
     def tick(self, now: float) -> float | None:
-        """Send the re-deletes that are due; returns when the next one is (or None)."""
+        """Send the re-deletes and held operations that are due; returns when the next
+        timer is (or None)."""
+        due: float | None = None
+        if self.gate is not None and self.gate.holds:
+            self._release(now)
+            due = self.gate.next_due()
         if not self.redeletes:
-            return None
+            return due
         for pool, node, key in self.redeletes.pop_due(now):
             self._send_redelete(pool, node, key)
-        return self.redeletes.next_due()
+        next_redelete = self.redeletes.next_due()
+        if due is None or (next_redelete is not None and next_redelete < due):
+            return next_redelete
+        return due
+
+    def _release(self, now: float) -> None:
+        """Send what the replicas have replayed (or waited too long for)."""
+        assert self.gate is not None
+        released = self.gate.release(now)
+        results = self.telemetry.op_results
+        for hold in (*released.on_time, *released.late):
+            self._send(hold.operations, hold.txn)
+            hold.txn.outstanding -= 1  # the hold's own unit (ReplicaHolds.hold)
+        for hold in released.late:
+            results[(hold.pool, "replica_late", "sent")] += len(hold.operations)
+        if released.reapply:
+            self._send(released.reapply, None)
+            for op in released.reapply:
+                results[(op.pool, "reapply", "sent")] += 1
 
     # -- results --------------------------------------------------------------------------
 
@@ -190,3 +250,16 @@ class Pipeline:
 
     def report(self, skipped: SkippedKey) -> None:
         self.skips.report(skipped)
+
+
+class _NotHot:
+    """A placement the C hot path must leave to ``plan()`` (its pool's work is held)."""
+
+    hot_mode: str | None = None
+
+    def __init__(self, placement: Placement):
+        self._placement = placement
+        self.nodes = placement.nodes
+
+    def owners(self, key: str) -> tuple[str, ...]:
+        return self._placement.owners(key)

@@ -26,6 +26,7 @@ from invalidator.runtime.loop import EventLoop
 from invalidator.runtime.membership import Membership, Resolver
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.pipeline import Pipeline, ValueSource
+from invalidator.runtime.replicas import gate_for
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Health, Telemetry
 from invalidator.sinks.memcached.connector import PLAIN, Connector
@@ -76,7 +77,11 @@ class Supervisor:
             connectors=connectors,
         )
         skips = SkipReporter(metrics, log, every=SKIP_LOG_EVERY)
-        self.pipeline = Pipeline(compile_rules(config), self.nodes, self.telemetry, skips, values)
+        dsn = config.source.dsn.get_secret_value() if config.source.dsn is not None else None
+        self.gate = gate_for(config.pools, self.telemetry, dsn)
+        self.pipeline = Pipeline(
+            compile_rules(config), self.nodes, self.telemetry, skips, values, gate=self.gate
+        )
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
@@ -126,6 +131,8 @@ class Supervisor:
         # What exists now (modules, config, rules) lives as long as the process: keep it
         # out of every collection.
         gc.freeze()
+        if self.gate is not None:
+            self.gate.start()
         if self.audit is not None:
             self.audit.start()
         delay = RECONNECT_MIN
@@ -153,6 +160,8 @@ class Supervisor:
         if self.audit is not None:
             self.audit.stop()
         self.loop.close()
+        if self.gate is not None:
+            self.gate.close()
         self.source.close()
         if self.pipeline.values is not None:
             self.pipeline.values.close()

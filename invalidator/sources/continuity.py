@@ -45,6 +45,7 @@ SLOT_MISSING = "slot_missing"  # the slot the daemon streamed from is gone (drop
 SLOT_LOST = "slot_lost"  # PostgreSQL invalidated the slot (max_slot_wal_keep_size)
 OTHER_CLUSTER = "other_cluster"  # the DSN now reaches another cluster (system identifier)
 NEW_TIMELINE = "new_timeline"  # a promoted standby: the slot did not come along
+SLOT_ADVANCED = "slot_advanced"  # the slot was confirmed past anything the daemon confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,12 @@ def detect_gap(marker: Marker | None, slot: SlotStatus, server: Server) -> str |
         return SLOT_MISSING
     if slot.wal_status == "lost":
         return SLOT_LOST
+    # The marker is written before the slot is confirmed past it (Continuity.allowed): a
+    # slot further on was moved by someone else (pg_replication_slot_advance, another
+    # consumer), and the changes it skipped were never invalidated.
+    flushed = slot.confirmed_flush_lsn
+    if marker.confirmed_lsn and flushed and lsn_to_int(flushed) > marker.confirmed_lsn:
+        return SLOT_ADVANCED
     return None
 
 
@@ -172,7 +179,13 @@ def marker_status(marker: Marker | None, unavailable: str) -> dict[str, Any]:
     }
 
 
-MARKER_EVERY = 10.0  # seconds between saves of the confirmed position
+# The marker's position is a horizon written *before* the slot is confirmed past it:
+# at most once a second while transactions are confirmed, every 10 s when only idle
+# keepalives move the position. It reaches SLACK bytes beyond the server's WAL end, so the
+# marker's own write (in the watched database, hence in the stream) does not pass it.
+HORIZON_EVERY = 1.0
+IDLE_HORIZON_EVERY = 10.0
+SLACK = 1 << 20
 
 
 def describe(reason: str, marker: Marker | None, slot: SlotStatus, server: Server) -> str:
@@ -191,6 +204,11 @@ def describe(reason: str, marker: Marker | None, slot: SlotStatus, server: Serve
         return f"slot {slot.slot} was invalidated by PostgreSQL (wal_status lost)"
     if reason == SLOT_MISSING:
         return f"slot {slot.slot} is gone (dropped, or lost in a failover)"
+    if reason == SLOT_ADVANCED and marker is not None:
+        return (
+            f"slot {slot.slot} is confirmed up to {slot.confirmed_flush_lsn}, past anything the"
+            f" daemon confirmed ({int_to_lsn(marker.confirmed_lsn)}): someone else advanced it"
+        )
     return f"a gap found earlier ({reason}) was not answered yet"
 
 
@@ -205,7 +223,8 @@ class Continuity:
         self.server: Server | None = None
         self.tracked = False
         self._saved_at = 0.0
-        self._saved_position = -1
+        self._saved_position = -1  # the marker's horizon, once written this session
+        self._work_position = 0
 
     def check(self, log: Any, on_gap: Any) -> str | None:
         """Before the slot is created or streamed: the gap to answer, or None.
@@ -242,12 +261,23 @@ class Continuity:
             self.store.resolved(self.server, position)
             self._saved_position = position
 
-    def save(self, now: float, position: int) -> None:
-        """Keep the confirmed position in the marker, at most every MARKER_EVERY seconds."""
-        if not self.tracked or self.server is None or position == self._saved_position:
-            return
-        if now - self._saved_at < MARKER_EVERY:
-            return
+    def allowed(self, now: float, wanted: int, wal_end: int, *, force: bool = False) -> int:
+        """How far the slot may be confirmed now (``wanted`` at most): never past the
+        marker's horizon, which is moved first — so a slot found further on was moved by
+        someone else. A horizon move waits its turn (HORIZON_EVERY; IDLE_HORIZON_EVERY
+        when only ``wal_end`` moved, not work) unless ``force``."""
+        if not self.tracked or self.server is None or wanted <= self._saved_position:
+            return wanted
+        busy = self._work_position > self._saved_position
+        every = HORIZON_EVERY if busy else IDLE_HORIZON_EVERY
+        if not force and now - self._saved_at < every:
+            return max(self._saved_position, 0)
+        horizon = max(wanted, wal_end) + SLACK
+        self.store.confirmed(self.server, horizon)
         self._saved_at = now
-        self._saved_position = position
-        self.store.confirmed(self.server, position)
+        self._saved_position = horizon
+        return wanted
+
+    def worked(self, position: int) -> None:
+        """The position finished transactions reached (not idle keepalives)."""
+        self._work_position = max(self._work_position, position)

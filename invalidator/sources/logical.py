@@ -12,6 +12,7 @@ pending, the server's WAL end is confirmed so quiet tables do not pin WAL.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -285,24 +286,27 @@ class LogicalSession:
             self.feed.acknowledged(commit_times(finished))
         # Never confirm the server's WAL end inside a transaction (its commit may lie
         # before that end): only when nothing is open or pending.
+        continuity = self.source.continuity
+        continuity.worked(tracker.confirmed)
         in_txn = self.hot is not None and self.hot.in_transaction
         if not in_txn and tracker.pending == 0 and self.wal_end:
             tracker.idle_advance(self.wal_end)
-        moved = tracker.confirmed != self.sent_position
-        if (moved and now - self.last_status >= STATUS_MIN_GAP) or (
-            now - self.last_status >= STATUS_INTERVAL
-        ):
-            self.stream.send_status(tracker.confirmed)
-            self.sent_position = tracker.confirmed
-            self.last_status = now
-            moved = False
         gap_work = self.gap_work
         if gap_work is not None and gap_work.outstanding <= 0:
             self.gap_work = None
-            self.source.continuity.resolved(tracker.confirmed)
+            continuity.resolved(tracker.confirmed)
             self.feed.log.info("gap answered; continuity restored", reason=self.gap)
-        elif gap_work is None:
-            self.source.continuity.save(now, tracker.confirmed)
+        # The marker's horizon moves before the slot does: a slot found past it later was
+        # moved by someone else. (A pending gap stays pending in the marker meanwhile.)
+        confirmable = continuity.allowed(now, tracker.confirmed, self.wal_end)
+        moved = confirmable != self.sent_position
+        if (moved and now - self.last_status >= STATUS_MIN_GAP) or (
+            now - self.last_status >= STATUS_INTERVAL
+        ):
+            self.stream.send_status(confirmable)
+            self.sent_position = confirmable
+            self.last_status = now
+            moved = False
         if now - self.last_lag >= LAG_INTERVAL:
             self.last_lag = now
             try:
@@ -324,7 +328,10 @@ class LogicalSession:
         try:
             if self.tracker.confirmed:
                 self.tracker.advance()
-                self.stream.send_status(self.tracker.confirmed)
+                confirmable = self.source.continuity.allowed(
+                    time.monotonic(), self.tracker.confirmed, self.wal_end, force=True
+                )
+                self.stream.send_status(confirmable)
         except SourceError:
             pass
         finally:

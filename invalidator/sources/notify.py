@@ -16,11 +16,18 @@ from typing import Any
 import psycopg
 
 from invalidator.config import SourceConfig
-from invalidator.core.tracker import AckTracker, commit_times
+from invalidator.core.tracker import AckTracker, Txn, commit_times
 from invalidator.errors import SourceError
 from invalidator.sources import outbox
 from invalidator.sources.base import Feed, Session
 from invalidator.sources.catalog import Admin
+from invalidator.sources.outbox_continuity import (
+    OutboxMarker,
+    current_outbox,
+    detect_outbox_gap,
+    read_marker,
+    write_marker,
+)
 from invalidator.sources.partitions import PartitionWatcher
 from invalidator.sources.postgres import CONNECT_TIMEOUT, source_error
 
@@ -94,19 +101,57 @@ class NotifySession:
         self.woken = True
         self.last_fetch = 0.0
         self.last_delete = 0.0
+        self.gap: str | None = None
+        self.gap_work: Txn | None = None
         try:
             outbox.numeric_exact(self.work)
+            marker = read_marker(self.work)
+            found = detect_outbox_gap(marker, current_outbox(self.work), self._triggered())
             if source.config.create_slot:
                 added, removed = outbox.install(self.work, feed.rules)
                 if added or removed:
                     feed.log.info("outbox triggers", added=added or None, removed=removed or None)
+            self.outbox_oid = current_outbox(self.work)
+            self.tables = self._triggered()
+            if found is None:
+                write_marker(self.work, self.outbox_oid, self.tables, None)
+            else:
+                self._gap(source, feed, marker, *found)
             self.listen.execute(f"LISTEN {outbox.CHANNEL}")
         except psycopg.Error as exc:
             self.close()
             raise source_error("outbox connection failed", exc) from None
+        except SourceError:
+            self.close()
+            raise
         # Partitions report their own names: resolve new ones to their watched parent.
         feed.resolve_partition = PartitionWatcher(Admin(source.dsn), feed)
         feed.streaming(source="notify", tables=len(feed.rules.tables))
+
+    def _triggered(self) -> frozenset[str]:
+        return frozenset(f"{s}.{t}" for s, t in outbox.triggered_tables(self.work))
+
+    def _gap(
+        self,
+        source: NotifySource,
+        feed: Feed,
+        marker: OutboxMarker | None,
+        reason: str,
+        detail: str,
+    ) -> None:
+        """Changes may have been missed: report it, remember it, answer it (on_gap)."""
+        if marker is None or marker.pending_gap != reason:
+            feed.gap(reason, detail)
+            write_marker(self.work, None, frozenset(), reason)
+        policy = source.config.on_gap
+        if policy == "refuse":
+            raise SourceError(
+                f"continuity lost ({reason}): changes may have been missed; on_gap: refuse keeps"
+                " the daemon unready (empty the cache, then start once with on_gap: flush)"
+            )
+        self.gap = reason
+        self.gap_work = Txn(committed=True)
+        feed.answer_gap(policy, reason, self.gap_work)
 
     def fileno(self) -> int:
         return self.listen.pgconn.socket
@@ -142,6 +187,14 @@ class NotifySession:
         self.woken = len(batch) == OUTBOX_BATCH  # more is waiting: no need to wait
 
     def after_turn(self, now: float) -> float:
+        gap_work = self.gap_work
+        if gap_work is not None and gap_work.outstanding <= 0:
+            try:
+                write_marker(self.work, self.outbox_oid, self.tables, None)
+            except psycopg.Error as exc:
+                raise source_error("outbox connection failed", exc) from None
+            self.gap_work = None
+            self.feed.log.info("gap answered; continuity restored", reason=self.gap)
         if self.tracker.pending and now - self.last_delete >= DELETE_EVERY:
             self.last_delete = now
             self._delete_acknowledged()

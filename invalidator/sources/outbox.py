@@ -97,14 +97,7 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
     conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
     conn.execute(INSTALL_SQL)
     wanted = {name: sorted(_columns(rules, name)) for name in rules.tables}
-    existing = {
-        (s, t)
-        for s, t in conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid"
-            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s",
-            (TRIGGER,),
-        )
-    }
+    existing = triggered_tables(conn)
     added, removed = [], []
     for schema, table in sorted(existing - set(wanted)):
         for trigger in (TRIGGER, TRUNCATE_TRIGGER):
@@ -138,6 +131,18 @@ def install(conn: psycopg.Connection[Any], rules: RuleSet) -> tuple[list[str], l
         )
         added.append(f"{schema}.{table}")
     return added, removed
+
+
+def triggered_tables(conn: psycopg.Connection[Any]) -> set[TableName]:
+    """The tables that have the capture trigger now."""
+    return {
+        (s, t)
+        for s, t in conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s",
+            (TRIGGER,),
+        )
+    }
 
 
 def uninstall(conn: psycopg.Connection[Any]) -> None:

@@ -20,7 +20,7 @@ from pymemcache.client.hash import HashClient
 from tests.cache_aside import wait_gone, wait_until
 from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
-from tests.services import MemcachedPool, PgDatabase
+from tests.services import MemcachedPool, PgDatabase, PostgresCluster, PostgresStandby
 
 pytestmark = pytest.mark.integration
 
@@ -258,3 +258,174 @@ def test_another_cluster_behind_the_dsn_flushes_the_pools(
             assert "other_cluster" in moved.log_path.read_text()
         finally:
             moved.stop()
+
+
+def test_a_failover_to_a_promoted_standby_flushes_the_pools(
+    tmp_path: Path,
+    pg_cluster: PostgresCluster,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+) -> None:
+    """The real failover: the daemon streams from the primary; while it is down, rows
+    change and reach a physical standby; the standby is promoted (a new timeline, and on
+    PostgreSQL 15 no slot) and the daemon is pointed at it. The marker came over with the
+    data: the gap is found and the pools are emptied before streaming."""
+    with running_postgres(PostgresStandby(pg_cluster)) as standby:
+        first = make_daemon(tmp_path, users_db, memcached, "primary")
+        first.start()
+        app.set("user:300", "cached")
+        users_db.execute("UPDATE users SET name = 'on the primary' WHERE id = 300")
+        assert wait_gone(app, ["user:300"]) == []
+        # The marker holds a confirmed position (written after the stream confirmed).
+        assert wait_until(
+            lambda: status(first)["continuity"]["confirmed_lsn"] != "0/0",  # type: ignore[index]
+            timeout=15,
+        )
+        first.stop()
+        cache_and_change(app, users_db)
+        assert isinstance(standby, PostgresStandby)
+        standby.wait_for_replay(pg_cluster.current_wal_lsn())
+        standby.promote()
+        promoted = DaemonProcess.create(
+            tmp_path,
+            name="promoted",
+            dsn=standby.dsn(users_db.name),
+            slot="gapped",
+            servers=memcached.servers,
+            rules=RULES,
+        )
+        with promoted.start():
+            assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+            assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []
+            reasons = promoted.breakdown("invalidator_gaps_total", "reason")
+            assert sum(reasons.values()) == 1, reasons
+            # PostgreSQL 15 and 16 have no failover slots: the slot is missing on the
+            # promoted standby, and its timeline is newer than the marker's.
+            assert set(reasons) <= {"slot_missing", "new_timeline"}, reasons
+            assert "continuity lost" in promoted.log_text()
+            continuity = status(promoted)["continuity"]
+            assert isinstance(continuity, dict) and continuity["last_gap"] in reasons
+            # It streams from the new primary: a later change is invalidated as usual.
+            app.set("user:200", "cached")
+            standby.execute(
+                "UPDATE users SET name = 'after failover' WHERE id = 200", dbname=users_db.name
+            )
+            assert wait_gone(app, ["user:200"]) == []
+
+
+def test_a_slot_advanced_by_someone_else_flushes_the_pools(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """While the daemon is down, rows change and someone advances its slot past them
+    (pg_replication_slot_advance, "to fix the lag"): the daemon never sees those changes,
+    but its marker says how far it confirmed, so the slot being further is a gap."""
+    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    app.set("user:300", "cached")
+    users_db.execute("UPDATE users SET name = 'streamed' WHERE id = 300")
+    assert wait_gone(app, ["user:300"]) == []
+    assert first.terminate() == 0
+    cache_and_change(app, users_db)
+    users_db.execute("SELECT pg_switch_wal()")  # past the marker's 1 MB of slack
+    users_db.execute("UPDATE users SET name = 'later' WHERE id = 301")
+    users_db.execute("SELECT pg_replication_slot_advance('gapped', pg_current_wal_lsn())")
+    second = make_daemon(tmp_path, users_db, memcached, "second")
+    with second.start():
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+        assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
+        assert second.breakdown("invalidator_gaps_total", "reason") == {"slot_advanced": 1}
+        assert "someone else advanced it" in second.log_text()
+        continuity = status(second)["continuity"]
+        assert isinstance(continuity, dict) and continuity["last_gap"] == "slot_advanced"
+
+
+# -- the notify source: the outbox's marker ------------------------------------------------
+
+
+def notify_daemon(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, name: str, **source: object
+) -> DaemonProcess:
+    return DaemonProcess.create(
+        tmp_path,
+        name=name,
+        dsn=users_db.dsn,
+        slot="outboxed",
+        servers=memcached.servers,
+        rules=RULES,
+        kind="notify",
+        **source,
+    )
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("DROP TABLE invalidator.outbox", "outbox_recreated"),
+        ("DROP TRIGGER invalidator_capture ON users", "trigger_missing"),
+    ],
+    ids=["outbox dropped", "trigger dropped"],
+)
+def test_a_damaged_outbox_while_the_daemon_was_down_flushes_the_pools(
+    tmp_path: Path,
+    users_db: PgDatabase,
+    memcached: MemcachedPool,
+    app: HashClient,
+    damage: str,
+    reason: str,
+) -> None:
+    """The outbox (with its unread rows) or a table's trigger was dropped while the daemon
+    was down: the changes meanwhile are unknown, so the pools are emptied — once."""
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    cache_and_change(app, users_db)  # recorded in the outbox, or not at all
+    users_db.execute(damage)
+    second = notify_daemon(tmp_path, users_db, memcached, "second")
+    with second.start():
+        assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
+        assert wait_gone(app, [f"user:{i}" for i in UNCHANGED], timeout=15) == []  # flushed
+        assert second.breakdown("invalidator_gaps_total", "reason") == {reason: 1}
+        assert wait_until(lambda: "gap answered" in second.log_text(), timeout=15)
+        app.set("user:200", "cached")
+        users_db.execute("UPDATE users SET name = 'after' WHERE id = 200")
+        assert wait_gone(app, ["user:200"]) == []
+    # Answered: the next start finds the outbox as it left it.
+    for i in UNCHANGED:
+        app.set(f"user:{i}", "cached")
+    third = notify_daemon(tmp_path, users_db, memcached, "third")
+    with third.start():
+        assert third.metric("invalidator_gaps_total") == 0
+        assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
+
+
+def test_a_notify_restart_without_damage_flushes_nothing(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    for i in UNCHANGED:
+        app.set(f"user:{i}", "cached")
+    app.set("user:5", "cached")
+    users_db.execute("UPDATE users SET name = 'x' WHERE id = 5")  # recorded while down
+    with first.start():
+        assert wait_gone(app, ["user:5"]) == []
+        assert [app.get(f"user:{i}") for i in UNCHANGED] == [b"cached"] * len(UNCHANGED)
+        assert first.metric("invalidator_gaps_total") == 0
+
+
+def test_notify_on_gap_refuse_stays_unready_with_the_reason(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    first = notify_daemon(tmp_path, users_db, memcached, "first")
+    first.start()
+    assert first.terminate() == 0
+    users_db.execute("DROP TRIGGER invalidator_capture ON users")
+    app.set("user:401", "cached")
+    refusing = notify_daemon(tmp_path, users_db, memcached, "refusing", on_gap="refuse")
+    with refusing.start(wait=False):
+        assert wait_until(lambda: "trigger_missing" in readyz(refusing), timeout=15), (
+            refusing.log_tail()
+        )
+        assert app.get("user:401") == b"cached"  # nothing flushed

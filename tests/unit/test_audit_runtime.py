@@ -127,12 +127,18 @@ def test_a_copy_of_a_deleted_row_is_stale() -> None:
 
 
 def test_apps_read_the_first_replica_when_the_pool_lists_replicas() -> None:
-    """Without replicas: the primary; with them (when the config has the field): the first."""
-    config = parse_config(CONFIG, "t.yaml")
-    assert apps_dsn(config, "default") == "postgresql://audit@127.0.0.1:1/app"
-    pool = config.pools["default"]
-    object.__setattr__(pool, "replicas", ("postgresql://r1/app", "postgresql://r2/app"))
-    assert apps_dsn(config, "default") == "postgresql://r1/app"
+    """Without replicas: the primary; with them: the first listed."""
+    assert apps_dsn(parse_config(CONFIG, "t.yaml"), "default") == (
+        "postgresql://audit@127.0.0.1:1/app"
+    )
+    pools = {
+        "default": {
+            "servers": ["127.0.0.1:1"],
+            "replicas": ["postgresql://r1@127.0.0.1:2/app", "postgresql://r2@127.0.0.1:3/app"],
+        }
+    }
+    config = parse_config({**CONFIG, "pools": pools}, "t.yaml")
+    assert apps_dsn(config, "default") == "postgresql://r1@127.0.0.1:2/app"
 
 
 def test_the_re_read_waits_for_the_daemon_to_apply_what_the_row_reflects() -> None:

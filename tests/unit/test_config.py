@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from invalidator.config import load_config, parse_duration
+from invalidator.config.build import node_addresses
 from invalidator.errors import ConfigError
 
 VALID = """
@@ -147,18 +148,81 @@ def test_dsn_is_secret_in_repr(tmp_path: Path) -> None:
     assert "pw@" not in repr(load_config(write(tmp_path, VALID)))
 
 
-def test_unsupported_hashing_is_refused_clearly(tmp_path: Path) -> None:
-    """ketama is named in SPEC but not built yet: say so instead of misplacing keys."""
-    path = write(
+def _pool(tmp_path: Path, extra: str, servers: str | None = None) -> str:
+    """VALID with the default pool's servers replaced and ``extra`` lines added to it."""
+    text = VALID
+    if servers is not None:
+        start = text.index("servers: [")
+        end = text.index("]", start) + 1
+        text = text[:start] + f"servers: {servers}" + text[end:]
+    anchor = text.index("]", text.index("servers: ")) + 1
+    return write(
         tmp_path,
-        VALID.replace(
-            '"memcached-1.memcached:11211"]', '"memcached-1.memcached:11211"]\n    hashing: ketama'
-        ),
+        text[:anchor] + "".join(f"\n    {line}" for line in extra.splitlines()) + text[anchor:],
     )
+
+
+def test_older_hashing_ketama_means_pylibmc_with_ketama(tmp_path: Path) -> None:
+    """`hashing: ketama` keeps working: it is `client: pylibmc, behaviors: {ketama: true}`."""
+    pool = load_config(_pool(tmp_path, "hashing: ketama")).pools["default"]
+    assert (pool.client, dict(pool.behaviors)) == ("pylibmc", {"ketama": True})
+
+
+def test_older_hashing_modula_means_pylibmc_defaults(tmp_path: Path) -> None:
+    """`hashing: modula` is pylibmc with libmemcached's defaults."""
+    pool = load_config(_pool(tmp_path, "hashing: modula")).pools["default"]
+    assert (pool.client, dict(pool.behaviors)) == ("pylibmc", {})
+
+
+def test_hashing_that_contradicts_client_is_refused(tmp_path: Path) -> None:
+    """Two settings that disagree on whose placement to copy: neither wins silently."""
+    path = _pool(tmp_path, "hashing: ketama\nclient: pymemcache")
+    assert error_of(path).startswith(
+        f"{path}: pools.default: hashing: ketama means client: pylibmc"
+    )
+
+
+def test_client_defaults_to_pymemcache(tmp_path: Path) -> None:
+    """No client, no hashing: pymemcache's HashClient, as before."""
+    pool = load_config(write(tmp_path, VALID)).pools["default"]
+    assert (pool.client, dict(pool.behaviors)) == ("pymemcache", {})
+
+
+def test_unknown_client_lists_the_known_ones(tmp_path: Path) -> None:
+    """A typo names every accepted client."""
+    path = _pool(tmp_path, "client: pylibmcc")
+    assert error_of(path).startswith(
+        f"{path}: pools.default.client: unknown client 'pylibmcc' (known: pymemcache, pylibmc,"
+    )
+
+
+def test_server_weights_in_both_forms(tmp_path: Path) -> None:
+    """`"host:port N"` and `{server, weight}` entries; the node keeps its host:port name."""
+    path = _pool(
+        tmp_path,
+        "client: pylibmc\nbehaviors: {ketama: true}",
+        servers='["m-0:11211 2", {server: "m-1:11211", weight: 3}]',
+    )
+    pool = load_config(path).pools["default"]
+    assert pool.servers == ("m-0:11211 2", "m-1:11211 3")
+    assert node_addresses(load_config(path)) == {
+        "m-0:11211": ("m-0", 11211),
+        "m-1:11211": ("m-1", 11211),
+    }
+
+
+def test_weights_for_a_client_without_weights_are_refused(tmp_path: Path) -> None:
+    """pymemcache takes no weights: an error, never ignored."""
+    path = _pool(tmp_path, "", servers='["m-0:11211 2", "m-1:11211"]')
     assert error_of(path) == (
-        f"{path}: pools.default.hashing: 'ketama' is not supported yet "
-        "(supported: rendezvous, broadcast)"
+        f"{path}: pools.default: client pymemcache takes no server weights (got 'm-0:11211 2')"
     )
+
+
+def test_an_option_that_changes_placement_and_is_not_reproduced_is_named(tmp_path: Path) -> None:
+    """pylibmc's random distribution cannot be followed: the error names it."""
+    path = _pool(tmp_path, "client: pylibmc\nbehaviors: {distribution: random}")
+    assert "behaviors.distribution: distribution random" in error_of(path)
 
 
 @pytest.mark.parametrize(

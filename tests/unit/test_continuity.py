@@ -9,15 +9,23 @@ from invalidator.sources.catalog import Server, SlotStatus
 from invalidator.sources.continuity import (
     NEW_TIMELINE,
     OTHER_CLUSTER,
+    SLOT_ADVANCED,
     SLOT_LOST,
     SLOT_MISSING,
+    Continuity,
     Marker,
     detect_gap,
+)
+from invalidator.sources.outbox_continuity import (
+    OUTBOX_RECREATED,
+    TRIGGER_MISSING,
+    OutboxMarker,
+    detect_outbox_gap,
 )
 
 SERVER = Server("7412345678901234567", 1)
 MARKER = Marker("7412345678901234567", 1, 0x1000)
-SLOT = SlotStatus("inval", exists=True, wal_status="reserved")
+SLOT = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/1000")
 MISSING = SlotStatus("inval", exists=False)
 
 
@@ -108,3 +116,103 @@ def test_bump_flushes_a_pool_whose_counters_are_per_row() -> None:
     rules = [{"table": "users", "keys": ["user:{id}:gen"], "action": "bump", "pool": "counters"}]
     ops = gap_operations(rules_for(POOLS, rules), ["counters"], "bump", SLOT_MISSING)
     assert [(op.op, op.pool) for op in ops] == [("flush", "counters")]
+
+
+def test_a_slot_confirmed_past_the_marker_was_moved_by_someone_else() -> None:
+    """pg_replication_slot_advance or another consumer skipped changes the daemon never
+    saw: the marker is always written before the slot is confirmed past it."""
+    ahead = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/1001")
+    assert detect_gap(MARKER, ahead, SERVER) == SLOT_ADVANCED
+
+
+def test_a_slot_behind_its_marker_is_no_gap() -> None:
+    """The marker runs ahead (a horizon), the slot catches up to it."""
+    behind = SlotStatus("inval", exists=True, wal_status="reserved", confirmed_flush_lsn="0/800")
+    assert detect_gap(MARKER, behind, SERVER) is None
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.written: list[int] = []
+
+    def confirmed(self, server: Server, position: int) -> None:
+        self.written.append(position)
+
+
+def tracked() -> tuple[Continuity, FakeStore]:
+    continuity = Continuity(None, "inval", "flush")  # type: ignore[arg-type]
+    store = FakeStore()
+    continuity.store = store  # type: ignore[assignment]
+    continuity.tracked = True
+    continuity.server = SERVER
+    return continuity, store
+
+
+def test_the_marker_moves_before_the_slot_may_be_confirmed_past_it() -> None:
+    continuity, store = tracked()
+    continuity.worked(0x5000)
+    assert continuity.allowed(100.0, 0x5000, 0x6000) == 0x5000
+    assert store.written and store.written[0] >= 0x6000  # beyond the WAL end, first
+
+
+def test_the_slot_waits_for_the_next_marker_write_within_a_second() -> None:
+    continuity, store = tracked()
+    continuity.worked(0x5000)
+    horizon = continuity.allowed(100.0, 0x5000, 0x5000)
+    assert horizon == 0x5000
+    far = store.written[-1] + 1
+    continuity.worked(far)
+    assert continuity.allowed(100.5, far, far) == store.written[-1]  # held at the horizon
+    assert continuity.allowed(101.0, far, far) == far
+    assert len(store.written) == 2
+
+
+def test_idle_keepalives_move_the_marker_only_every_ten_seconds() -> None:
+    continuity, store = tracked()
+    continuity.allowed(100.0, 0x5000, 0x5000)
+    far = store.written[-1] + 1
+    assert continuity.allowed(105.0, far, far) < far
+    assert continuity.allowed(110.0, far, far) == far
+
+
+def test_an_untracked_marker_never_holds_the_slot() -> None:
+    continuity, store = tracked()
+    continuity.tracked = False
+    assert continuity.allowed(100.0, 0x9000, 0x9000) == 0x9000
+    assert store.written == []
+
+
+# -- the notify source's outbox ----------------------------------------------------------
+
+OUTBOX = OutboxMarker(16400, frozenset({"public.users", "public.orders"}))
+
+
+def test_an_outbox_without_a_marker_is_a_first_start() -> None:
+    assert detect_outbox_gap(None, 16400, frozenset()) is None
+
+
+def test_the_same_outbox_and_triggers_is_no_gap() -> None:
+    assert detect_outbox_gap(OUTBOX, 16400, frozenset({"public.users", "public.orders"})) is None
+
+
+def test_an_outbox_created_again_is_a_gap() -> None:
+    """Its unread rows went with the old table."""
+    found = detect_outbox_gap(OUTBOX, 16999, frozenset({"public.users", "public.orders"}))
+    assert found is not None and found[0] == OUTBOX_RECREATED
+
+
+def test_a_dropped_trigger_is_a_gap_naming_the_table() -> None:
+    found = detect_outbox_gap(OUTBOX, 16400, frozenset({"public.users"}))
+    assert found == (TRIGGER_MISSING, "capture triggers were dropped from public.orders")
+
+
+def test_a_table_newly_watched_is_no_gap() -> None:
+    """A rule added since: its trigger is installed now, nothing was missed before."""
+    now = frozenset({"public.users", "public.orders", "public.items"})
+    assert detect_outbox_gap(OUTBOX, 16400, now) is None
+
+
+def test_an_unanswered_outbox_gap_stays_the_gap() -> None:
+    pending = OutboxMarker(16400, OUTBOX.tables, TRIGGER_MISSING)
+    found = detect_outbox_gap(pending, 16400, OUTBOX.tables)
+    assert found is not None and found[0] == TRIGGER_MISSING

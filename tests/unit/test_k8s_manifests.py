@@ -54,10 +54,12 @@ SPEC_METRICS = {
     "invalidator_unbuildable_keys_total",
     "invalidator_up",
     "invalidator_gaps_total",
+    "invalidator_replica_lag_seconds",
+    "invalidator_replica_wait_seconds",
     "invalidator_audit_checked_total",
     "invalidator_audit_stale_total",
 }
-SPEC_HISTOGRAMS = {"invalidator_commit_to_ack_seconds"}
+SPEC_HISTOGRAMS = {"invalidator_commit_to_ack_seconds", "invalidator_replica_wait_seconds"}
 METRIC_NAME = re.compile(r"\binvalidator_[a-z0-9_]+")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "CronJob"}
 CLUSTER_SCOPED_KINDS = {"Namespace"}

@@ -65,3 +65,20 @@ def test_position_never_moves_backwards() -> None:
     tracker.commit(txn, 200, None)
     tracker.advance()
     assert tracker.confirmed == 300
+
+
+def test_a_unit_closed_inside_a_transaction_learns_the_commit_that_follows() -> None:
+    tracker = AckTracker()
+    row = tracker.begin()
+    tracker.commit(row, 0, None)  # a row's unit, before its transaction's commit
+    commit = tracker.begin()
+    tracker.commit(commit, 500, 1_700_000_000.0)
+    assert (row.txn_end_lsn, row.txn_time) == (500, 1_700_000_000.0)
+    assert row.end_lsn == 0  # never a confirmable position of its own
+
+
+def test_a_unit_inside_a_transaction_has_no_commit_position_until_it_is_read() -> None:
+    tracker = AckTracker()
+    row = tracker.begin()
+    tracker.commit(row, 0, None)
+    assert row.txn_end_lsn == 0

@@ -1,4 +1,5 @@
-"""Server strings as the apps' clients read them: ``host:port``, ``[v6]:port``, ``host``."""
+"""Server strings as the apps' clients read them: ``host:port``, ``[v6]:port``, ``host``,
+optionally followed by a weight (``"host:port 2"``) for the clients that take one."""
 
 from __future__ import annotations
 
@@ -32,7 +33,25 @@ def parse_server(server: str) -> tuple[str, int]:
     return host, port
 
 
+def split_weight(entry: str) -> tuple[str, int | None]:
+    """``"host:port 2"`` → (``"host:port"``, 2); an entry without a weight → (entry, None).
+    A weight is placement input only: the node is still named ``host:port``."""
+    parts = entry.split()
+    if len(parts) != 2:
+        return entry, None
+    server, weight_text = parts
+    if server.endswith("]") or not server.rpartition(":")[2].isdigit():
+        # "127.0.0.1 45381" is a mistyped port far more often than a weight.
+        raise ValueError(
+            f"{entry!r}: a server is host:port, with no spaces "
+            "(a weight follows the whole host:port: 'host:port WEIGHT')"
+        )
+    if not weight_text.isdigit() or not 0 < int(weight_text) <= 65535:
+        raise ValueError(f"{entry!r}: a weight is a whole number from 1 to 65535")
+    return server, int(weight_text)
+
+
 def node_name(server: str) -> str:
-    """The node name pymemcache gives a server string (``[::1]:11211`` → ``::1:11211``)."""
-    host, port = parse_server(server)
+    """The node name of a server entry, weight left out (``[::1]:11211 2`` → ``::1:11211``)."""
+    host, port = parse_server(split_weight(server)[0])
     return f"{host}:{port}"
