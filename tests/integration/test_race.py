@@ -57,19 +57,26 @@ def caught_up(db: PgDatabase, slot: str, lsn: str) -> bool:
     return rows == [(True,)]
 
 
-def audit_stale(db: PgDatabase, servers: list[str], rule: dict[str, Any]) -> Callable[[], int]:
-    """The stale copies ``invalidator audit`` finds for ``rule`` (every hot row sampled)."""
+def audit_stale(
+    db: PgDatabase,
+    servers: list[str],
+    rule: dict[str, Any],
+    sample: int,
+    pool: dict[str, Any] | None = None,
+) -> Callable[[], int]:
+    """The stale copies ``invalidator audit`` finds for ``rule`` (with its ``value``) on
+    ``sample`` rows; ``pool`` adds pool settings (``replicas``: where apps read)."""
     config = parse_config(
         {
             "source": {"dsn": db.dsn},
-            "pools": {"default": {"servers": servers}},
-            "rules": [{**rule, "value": {"json": ["v"]}}],
+            "pools": {"default": {"servers": servers, **(pool or {})}},
+            "rules": [rule],
         },
-        "race.yaml",
+        "audit.yaml",
     )
 
     def judge() -> int:
-        (tally,) = audit(config, sample=HOT_ROWS, rate=1000)
+        (tally,) = audit(config, sample=sample, rate=1000)
         assert tally.error is None, tally.error
         return tally.stale
 
@@ -198,7 +205,7 @@ def measure(
         tmp_path, name=name, dsn=db.dsn, slot=name, servers=memcached.servers, rules=[rule]
     )
     results: list[Round] = []
-    audited = audit_stale(db, memcached.servers, rule)
+    audited = audit_stale(db, memcached.servers, {**rule, "value": {"json": ["v"]}}, HOT_ROWS)
     try:
         proc.start()
         for seed in range(rounds or MAX_ROUNDS):
