@@ -98,17 +98,21 @@ def write_config(
     port: int,
     pool: Mapping[str, Any] | None = None,
     log_level: str = "info",
+    audit: Mapping[str, Any] | None = None,
     **source: Any,
 ) -> Path:
     """A config file for one pool ``default`` and an HTTP port on 127.0.0.1; ``pool`` adds
-    settings to the pool, ``source`` to the source (kind, create_slot, ...)."""
-    config = {
+    settings to the pool, ``source`` to the source (kind, create_slot, ...), ``audit`` the
+    staleness probe."""
+    config: dict[str, Any] = {
         "source": {"dsn": dsn, "slot": slot, **source},
         "pools": {"default": {"servers": list(servers), **(pool or {})}},
         "rules": list(rules),
         "http": {"listen": f"127.0.0.1:{port}"},
         "log": {"format": "json", "level": log_level},
     }
+    if audit is not None:
+        config["audit"] = dict(audit)
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from invalidator import __version__
@@ -19,6 +19,7 @@ from invalidator.config import Config, load_config
 from invalidator.config.build import compile_rules
 from invalidator.errors import ConfigError, InvalidatorError, SourceError
 from invalidator.redact import redact
+from invalidator.runtime.audit import DEFAULT_RATE
 from invalidator.runtime.logs import configure, get_logger
 from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.telemetry import Health
@@ -264,6 +265,28 @@ def _source_kinds() -> tuple[str, ...]:
     return tuple(typing.get_args(SourceConfig.model_fields["kind"].annotation))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from invalidator.commands.audit import audit, exit_code, print_json, print_text
+
+    config = _load(args)
+    tallies = audit(config, sample=args.sample, rate=args.rate, only=args.rule)
+    (print_json if args.format == "json" else print_text)(tallies, sys.stdout)
+    return exit_code(tallies)
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invalidator",
@@ -297,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
         "table or column that does not exist, or a replica identity without a template's "
         "column, stops it with exit 2 and the list (--lenient starts anyway). On every "
         "connect the slot's continuity is checked; a gap is answered as source.on_gap says "
-        "(flush, bump or refuse). SIGTERM/SIGINT: stop reading, finish in-flight work, "
+        "(flush, bump or refuse). With `audit:` in the config, the staleness probe of "
+        "`invalidator audit` runs in a thread of its own and feeds the audit_* metrics. "
+        "SIGTERM/SIGINT: stop reading, finish in-flight work, "
         "confirm the last applied position, exit 0.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
@@ -362,6 +387,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slot", default="cache_invalidator", help="default cache_invalidator")
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser(
+        "audit",
+        help="measure staleness now: compare cached values with the rows they come from",
+        description="Sample rows of the tables of every rule with a `value:` (refresh rules, or "
+        "delete rules that say what the app stores), build their keys, read them from the "
+        "owning nodes (fallback copies too) and compare each cached value with the value the "
+        "row gives now (value.json: same bytes, or the same JSON document in other bytes, "
+        "reported apart and never stale; value.query: the query's result). A stale-looking "
+        "copy is read again, row and key, after a short delay, so a write racing the audit "
+        "is not counted. Rows are read from the database the pool's apps read (its first "
+        "`replicas` DSN, else the primary) with a statement timeout, at most --rate rows/s. "
+        "Exit 0 nothing stale, 1 stale copies found (or a rule could not be read), 2 usage or "
+        "config error.",
+    )
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument(
+        "--sample",
+        type=_positive(int),
+        default=100,
+        metavar="N",
+        help="rows sampled per rule (random; default 100)",
+    )
+    p.add_argument("--rule", type=int, metavar="I", help="audit only rules[I] (0-based)")
+    p.add_argument(
+        "--rate",
+        type=_positive(float),
+        default=DEFAULT_RATE,
+        metavar="R",
+        help=f"at most R rows per second (default {DEFAULT_RATE:.0f}), so an audit never "
+        "becomes load",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default), or one JSON object per rule and line",
+    )
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser(
         "check",

@@ -7,7 +7,6 @@ order), so apps read them back as if they had cached them themselves.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from psycopg.rows import dict_row
 from invalidator.config import NO_DSN, Config, WarmConfig
 from invalidator.config.build import node_addresses, static_router
 from invalidator.core.operations import Operation
-from invalidator.core.rules import json_default
+from invalidator.core.rules import json_value
 from invalidator.core.templates import Unbuildable, compile_template, key_problem
 from invalidator.errors import SourceError
 from invalidator.sinks.memcached.client import MemcachedSink
@@ -97,11 +96,9 @@ def _warm_one(
                     raise SourceError(
                         f"{name}: value.json column {missing[0]!r} is not in the query's result"
                     )
-                value = json.dumps({c: row[c] for c in columns}, default=json_default)
+                value = json_value(columns, row)
                 batch.append(
-                    Operation(
-                        "refresh", key, entry.pool, name, None, value.encode(), entry.ttl or 0
-                    )
+                    Operation("refresh", key, entry.pool, name, None, value, entry.ttl or 0)
                 )
             applied, failures = sink.apply(batch)
             written = sum(1 for a in applied if a.outcome == "ok")

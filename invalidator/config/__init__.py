@@ -6,7 +6,7 @@ field at fault.
 
 ``fields``  shared field types: durations, key templates, the strict base model
 ``pools``   the memcached pools (servers, discovery, placement)
-``model``   source, rules, warm-up queries, http, log and the whole ``Config``
+``model``   source, rules, warm-up queries, audit, http, log and the whole ``Config``
 ``env``     the ``INVALIDATOR_*`` overrides and how they are applied
 ``load``    YAML reading, validation, error rendering: ``load_config``, ``parse_config``
 ``rules``   the validated rules compiled for the core
@@ -24,6 +24,7 @@ from invalidator.config.load import (
 from invalidator.config.model import (
     NO_DSN,
     Action,
+    AuditConfig,
     ChangeOp,
     Config,
     HttpConfig,
@@ -41,6 +42,7 @@ __all__ = [
     "HASHING",
     "NO_DSN",
     "Action",
+    "AuditConfig",
     "ChangeOp",
     "Config",
     "DiscoverConfig",

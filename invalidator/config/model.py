@@ -116,8 +116,10 @@ class RuleConfig(StrictModel):
         problems = []
         if self.action == "refresh" and self.value is None:
             problems.append("action 'refresh' needs 'value'")
-        if self.action != "refresh" and self.value is not None:
-            problems.append(f"'value' only applies to action 'refresh', not {self.action!r}")
+        if self.action == "bump" and self.value is not None:
+            # On a delete rule, value says what the app stores (for `audit`); a bump
+            # rule's keys hold counters.
+            problems.append("'value' does not apply to action 'bump' (its keys hold counters)")
         if self.when_changed is not None and "update" not in self.on:
             problems.append("'when_changed' applies to updates but 'on' has no 'update'")
         if self.truncate is not None and "truncate" not in self.on:
@@ -188,6 +190,16 @@ class LogConfig(StrictModel):
         return value.lower() if isinstance(value, str) else value
 
 
+class AuditConfig(StrictModel):
+    """The staleness probe inside ``run`` (SPEC ``audit:``): every ``every`` seconds, up to
+    ``sample`` rows of each rule with a ``value`` are compared with their cached keys, at
+    most ``rate`` rows per second (``invalidator audit`` does the same once)."""
+
+    every: Duration = Field(10.0, gt=0)
+    sample: int = Field(100, ge=1, le=100_000)
+    rate: float = Field(200.0, gt=0)
+
+
 class Config(StrictModel):
     source: SourceConfig = SourceConfig()
     pools: Mapping[str, PoolConfig]
@@ -195,6 +207,7 @@ class Config(StrictModel):
     http: HttpConfig = HttpConfig()
     log: LogConfig = LogConfig()
     warm: tuple[WarmConfig, ...] = ()
+    audit: AuditConfig | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -44,11 +44,21 @@ class CompiledRule:
 
     @property
     def columns(self) -> frozenset[str]:
-        """Every column the rule reads (templates, when_changed, json value)."""
+        """Every column the daemon reads for the rule (templates, when_changed, and the
+        json value of a refresh; a delete rule's ``value`` is only read by ``audit``)."""
         names = {c for t in self.templates for c in t.columns}
         names.update(self.when_changed or ())
-        names.update(self.json_columns or ())
+        if self.action == "refresh":
+            names.update(self.json_columns or ())
         return frozenset(names)
+
+    @property
+    def audited(self) -> bool:
+        """``audit`` can judge the rule's keys: it says what they hold (``value``) and they
+        are not counters."""
+        return self.action != "bump" and (
+            self.json_columns is not None or self.value_query is not None
+        )
 
 
 @dataclass(slots=True)
@@ -93,6 +103,13 @@ def json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def json_value(columns: Sequence[str], row: Row) -> bytes:
+    """What a ``value: {json: columns}`` key holds for ``row``: ``json.dumps`` of a dict of
+    those columns in that order (the app's own serialisation); every column must be in
+    ``row``."""
+    return json.dumps({c: row[c] for c in columns}, default=json_default).encode()
 
 
 def _changed(old: Row | None, new: Row, columns: Sequence[str]) -> bool:
@@ -210,8 +227,7 @@ def _apply_rule(
                 )
                 op = "delete"
             else:
-                doc = {c: new[c] for c in rule.json_columns}
-                value = json.dumps(doc, default=json_default).encode()
+                value = json_value(rule.json_columns, new)
                 ttl = rule.ttl
         else:
             ttl = rule.ttl  # value None: the daemon runs rule.value_query for it

@@ -94,3 +94,15 @@ class Metrics:
             buckets=REPLICA_BUCKETS,
             registry=r,
         )
+        self.audit_checked = Counter(
+            p + "audit_checked",
+            "Cached copies the staleness probe compared with their row, by pool and rule",
+            ["pool", "rule"],
+            registry=r,
+        )
+        self.audit_stale = Counter(
+            p + "audit_stale",
+            "Cached copies the staleness probe found stale (still, when re-read), by pool and rule",
+            ["pool", "rule"],
+            registry=r,
+        )

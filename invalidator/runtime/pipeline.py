@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
+from invalidator.core.audit import RecentRows
 from invalidator.core.changes import Change
 from invalidator.core.operations import Operation, SkippedKey
 from invalidator.core.placement import Placement
@@ -66,6 +67,8 @@ class Pipeline:
         self.redeletes = RedeleteScheduler()
         # Pools with read replicas: their operations wait until the replicas replayed them.
         self.gate = gate
+        # Rows changed lately, for the audit probe (``audit:`` in the config).
+        self.recent: RecentRows | None = None
         # A partition not known at start: the source resolves it to its watched parent.
         self.resolve_partition: Callable[[TableName], None] | None = None
         self._rules_version = 0
@@ -148,6 +151,8 @@ class Pipeline:
         if self.resolve_partition is not None and not rules.rules_for(change.schema, change.table):
             self.resolve_partition((change.schema, change.table))
         result = plan(change, rules)
+        if self.recent is not None:
+            self.recent.note(change)
         for skipped in result.skipped:
             self.skips.report(skipped)
         operations = result.operations

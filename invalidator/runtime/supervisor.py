@@ -17,7 +17,10 @@ from typing import Any
 
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
+from invalidator.core.audit import RecentRows
+from invalidator.core.changes import lsn_to_int
 from invalidator.errors import SourceError
+from invalidator.runtime.audit import Auditor, AuditProbe, NodeReads
 from invalidator.runtime.discovery import resolve
 from invalidator.runtime.loop import EventLoop
 from invalidator.runtime.membership import Membership, Resolver
@@ -88,6 +91,31 @@ class Supervisor:
         self.membership = Membership(config, self.nodes, log, resolver)
         self.loop = EventLoop(self.nodes, self.pipeline, self.membership, self.telemetry)
         self._standing_by = False
+        self.audit: AuditProbe | None = None
+        if config.audit is not None:
+            # Off the hot path: a thread with its own connections, reading the placements
+            # the loop keeps current (discovered pools too).
+            self.pipeline.recent = RecentRows(self.pipeline.rules.rules)
+            auditor = Auditor(
+                config,
+                lambda: self.nodes.router.placements,
+                NodeReads(pool_connectors(config)),
+                rate=config.audit.rate,
+                confirmed=self._confirmed if config.source.kind == "wal2json" else None,
+                recent=self.pipeline.recent,
+            )
+            self.audit = AuditProbe(
+                auditor,
+                self.pipeline.rules.rules,
+                metrics,
+                log,
+                active=lambda: self.health.streaming,
+            )
+
+    def _confirmed(self) -> int | None:
+        """The WAL position confirmed last (read by the audit probe's thread)."""
+        lsn = self.health.confirmed_lsn
+        return lsn_to_int(lsn) if lsn else None
 
     def _tls_reload(self, pool: str, what: str, error: str | None) -> None:
         if error is None:
@@ -111,6 +139,8 @@ class Supervisor:
         gc.freeze()
         if self.gate is not None:
             self.gate.start()
+        if self.audit is not None:
+            self.audit.start()
         delay = RECONNECT_MIN
         while not self.stopping:
             try:
@@ -133,6 +163,8 @@ class Supervisor:
         # which cannot happen through run(), gets a fresh one).
         deadline = self.loop.deadline if self.stopping else self.loop.clock() + self.drain_timeout
         self.loop.service(deadline, drain=True)
+        if self.audit is not None:
+            self.audit.stop()
         self.loop.close()
         if self.gate is not None:
             self.gate.close()

@@ -7,6 +7,10 @@ whose set completed within GUARD of the row's last UPDATE being sent must be rem
 second delete is due GUARD after the daemon saw the commit, which is later than that). A
 set completing later than that (a reader descheduled for longer than GUARD on a loaded
 machine) is beyond any guard of that length; it is counted and printed, never blamed.
+
+Readers store ``json.dumps({"v": v})``, what ``value: {json: [v]}`` says, so each round is
+also judged by ``invalidator audit`` (the same keys, read independently): it must find
+exactly the stale keys the timestamps found.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from pymemcache.client.hash import HashClient
 
+from invalidator.commands.audit import audit
+from invalidator.config import parse_config
 from tests.cache_aside import wait_until
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
@@ -38,6 +46,7 @@ class Round:
     stale: int  # keys left stale once the daemon caught up (and, guarded, re-deleted)
     within: int  # of those, set within GUARD of the row's last UPDATE: the guard's to close
     old_sets: int  # reader sets of a value an UPDATE already sent had replaced (races run)
+    audited: int  # stale copies `audit` found in the same state
 
 
 def caught_up(db: PgDatabase, slot: str, lsn: str) -> bool:
@@ -48,7 +57,40 @@ def caught_up(db: PgDatabase, slot: str, lsn: str) -> bool:
     return rows == [(True,)]
 
 
-def run_round(db: PgDatabase, servers: list[str], slot: str, seed: int, guarded: bool) -> Round:
+def audit_stale(
+    db: PgDatabase,
+    servers: list[str],
+    rule: dict[str, Any],
+    sample: int,
+    pool: dict[str, Any] | None = None,
+) -> Callable[[], int]:
+    """The stale copies ``invalidator audit`` finds for ``rule`` (with its ``value``) on
+    ``sample`` rows; ``pool`` adds pool settings (``replicas``: where apps read)."""
+    config = parse_config(
+        {
+            "source": {"dsn": db.dsn},
+            "pools": {"default": {"servers": servers, **(pool or {})}},
+            "rules": [rule],
+        },
+        "audit.yaml",
+    )
+
+    def judge() -> int:
+        (tally,) = audit(config, sample=sample, rate=1000)
+        assert tally.error is None, tally.error
+        return tally.stale
+
+    return judge
+
+
+def run_round(
+    db: PgDatabase,
+    servers: list[str],
+    slot: str,
+    seed: int,
+    guarded: bool,
+    audited: Callable[[], int],
+) -> Round:
     """Readers and a writer race for ROUND_SECONDS; the keys left stale, judged once every
     first delete is confirmed (and, guarded, once every covered one is gone)."""
     stop_writer, stop_readers = threading.Event(), threading.Event()
@@ -69,7 +111,7 @@ def run_round(db: PgDatabase, servers: list[str], slot: str, seed: int, guarded:
                     row = conn.execute("SELECT v FROM hot WHERE id = %s", (key_id,)).fetchone()
                     value = row[0] if row else None
                     time.sleep(rng.uniform(0.001, 0.005))  # the app's work before its set
-                    cache.set(f"hot:{key_id}", json.dumps(value), expire=300)
+                    cache.set(f"hot:{key_id}", json.dumps({"v": value}), expire=300)
                     sets[n].append((key_id, value, time.monotonic()))
         except BaseException as exc:
             errors.append(exc)
@@ -128,10 +170,10 @@ def run_round(db: PgDatabase, servers: list[str], slot: str, seed: int, guarded:
             stale = within = 0
             for key_id, value in current.items():
                 cached = cache.get(f"hot:{key_id}")
-                if cached is None or json.loads(cached) == value:
+                if cached is None or json.loads(cached)["v"] == value:
                     continue
                 stale += 1
-                stored = json.loads(cached)
+                stored = json.loads(cached)["v"]
                 done = max((d for k, v, d in all_sets if (k, v) == (key_id, stored)), default=None)
                 assert done is not None, f"hot:{key_id} holds {stored}, which no reader set"
                 if done <= last_update[key_id] + GUARD:
@@ -141,9 +183,10 @@ def run_round(db: PgDatabase, servers: list[str], slot: str, seed: int, guarded:
         if guarded:  # second deletes are due GUARD after the first: wait for them, bounded
             wait_until(lambda: judge()[1] == 0, timeout=10)
         stale, within = judge()
+        found = audited()
         for key_id in range(1, HOT_ROWS + 1):
             cache.delete(f"hot:{key_id}")
-        return Round(stale, within, old_sets)
+        return Round(stale, within, old_sets, found)
     finally:
         cache.close()
 
@@ -162,10 +205,12 @@ def measure(
         tmp_path, name=name, dsn=db.dsn, slot=name, servers=memcached.servers, rules=[rule]
     )
     results: list[Round] = []
+    audited = audit_stale(db, memcached.servers, {**rule, "value": {"json": ["v"]}}, HOT_ROWS)
     try:
         proc.start()
         for seed in range(rounds or MAX_ROUNDS):
-            results.append(run_round(db, memcached.servers, name, seed, "redelete_after" in rule))
+            guarded = "redelete_after" in rule
+            results.append(run_round(db, memcached.servers, name, seed, guarded, audited))
             if rounds is None and seed + 1 >= MIN_ROUNDS and sum(r.within for r in results):
                 break
         return results
@@ -178,7 +223,8 @@ def test_redelete_after_closes_the_cache_aside_race(
 ) -> None:
     """Same readers, writer and rounds: plain delete must show the race (stale keys a
     guard would have closed), otherwise the comparison proves nothing; with the guard
-    none of those may be left."""
+    none of those may be left. `audit` judges every round too and agrees with the
+    timestamps: stale keys found without the guard, none the guard should have closed."""
     pg_db.execute("CREATE TABLE hot (id int PRIMARY KEY, v int)")
     pg_db.execute(f"INSERT INTO hot SELECT g, 0 FROM generate_series(1, {HOT_ROWS}) g")
     plain = measure(tmp_path, pg_db, memcached, "plain", {"table": "hot", "keys": ["hot:{id}"]})
@@ -196,8 +242,11 @@ def test_redelete_after_closes_the_cache_aside_race(
         f" ({sum(r.within for r in plain)} within {GUARD * 1000:.0f} ms of the last update),"
         f" with redelete_after {GUARD * 1000:.0f} ms {sum(r.stale for r in guarded)}"
         f" ({sum(r.within for r in guarded)} within); reader sets of a replaced value:"
-        f" plain {sum(r.old_sets for r in plain)}, guarded {sum(r.old_sets for r in guarded)}"
+        f" plain {sum(r.old_sets for r in plain)}, guarded {sum(r.old_sets for r in guarded)};"
+        f" audit found {sum(r.audited for r in plain)} stale (plain),"
+        f" {sum(r.audited for r in guarded)} (guarded)"
     )
+    assert [r.audited for r in plain + guarded] == [r.stale for r in plain + guarded]
     assert sum(r.within for r in plain) > 0, (
         f"plain delete never showed the race in {len(plain)} rounds ({plain}): without it the"
         " guarded run proves nothing"

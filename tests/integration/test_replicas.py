@@ -3,7 +3,8 @@
 A physical standby of the test cluster replays each commit 400 ms late. Seed-guide readers
 fill the cache from it; a writer updates the primary. Without ``replicas`` every delete is
 on time and still useless: the next miss re-caches the old row from the standby. With it,
-each delete waits until the standby has replayed the commit.
+each delete waits until the standby has replayed the commit. `invalidator audit` judges
+the same keys independently and must agree.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import psycopg
 from tests.cache_aside import app_client, wait_until
 from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
-from tests.integration.test_race import caught_up
+from tests.integration.test_race import audit_stale, caught_up
 from tests.services import MemcachedPool, PgDatabase, PostgresStandby, free_port
 
 ROWS = 40
@@ -29,6 +31,8 @@ READERS = 4
 WRITE_SECONDS = 3.0
 APPLY_DELAY_MS = 400
 RULE = {"table": "users", "keys": ["user:{id}"]}
+# What the readers store under the keys: lets `audit` judge them.
+AUDITED = {**RULE, "value": {"json": ["id", "email", "name"]}}
 
 
 def users(db: PgDatabase) -> None:
@@ -44,11 +48,16 @@ def row_json(row: tuple[Any, ...]) -> str:
 
 
 def run_readers_and_writer(
-    db: PgDatabase, standby: PostgresStandby, servers: list[str], slot: str
-) -> tuple[int, int]:
+    db: PgDatabase,
+    standby: PostgresStandby,
+    servers: list[str],
+    slot: str,
+    audited: Callable[[], int] | None = None,
+) -> tuple[int, int, int | None]:
     """Four readers (cache-aside, misses read the standby) and one writer (the primary)
     for WRITE_SECONDS; then, once the standby replayed every write and the daemon
-    confirmed it, the readers go on a little and stop. Returns (stale, cached) keys."""
+    confirmed it, the readers go on a little and stop. Returns (stale, cached) keys and
+    what ``audited`` (an audit of the same keys) found stale."""
     stop_writer, stop_readers = threading.Event(), threading.Event()
     errors: list[BaseException] = []
     replica_dsn = standby.dsn(db.name)
@@ -112,9 +121,10 @@ def run_readers_and_writer(
                 continue
             cached += 1
             stale += value.decode() != row_json(row)
+        found = audited() if audited is not None else None
         for user_id in range(1, ROWS + 1):
             cache.delete(f"user:{user_id}")
-        return stale, cached
+        return stale, cached, found
     finally:
         cache.close()
 
@@ -135,9 +145,14 @@ def test_readers_of_a_lagging_standby_cache_no_old_row_when_replicas_are_listed(
             rules=[RULE],
         )
         with plain.start():
-            stale_plain, cached_plain = run_readers_and_writer(
-                pg_db, pg_standby, memcached.servers, "plain"
+            stale_plain, cached_plain, audit_plain = run_readers_and_writer(
+                pg_db,
+                pg_standby,
+                memcached.servers,
+                "plain",
+                audit_stale(pg_db, memcached.servers, AUDITED, ROWS),
             )
+        replicas = [pg_standby.dsn(pg_db.name)]  # where the apps read: audit reads it too
         aware = DaemonProcess.create(
             tmp_path,
             name="aware",
@@ -145,11 +160,15 @@ def test_readers_of_a_lagging_standby_cache_no_old_row_when_replicas_are_listed(
             slot="aware",
             servers=memcached.servers,
             rules=[RULE],
-            pool={"replicas": [pg_standby.dsn(pg_db.name)]},
+            pool={"replicas": replicas},
         )
         with aware.start():
-            stale_aware, cached_aware = run_readers_and_writer(
-                pg_db, pg_standby, memcached.servers, "aware"
+            stale_aware, cached_aware, audit_aware = run_readers_and_writer(
+                pg_db,
+                pg_standby,
+                memcached.servers,
+                "aware",
+                audit_stale(pg_db, memcached.servers, AUDITED, ROWS, {"replicas": replicas}),
             )
             waits = aware.metric("invalidator_replica_wait_seconds_count")
             wait_sum = aware.metric("invalidator_replica_wait_seconds_sum")
@@ -159,8 +178,10 @@ def test_readers_of_a_lagging_standby_cache_no_old_row_when_replicas_are_listed(
         f"\n[replicas] standby {APPLY_DELAY_MS} ms behind, {READERS} readers, {ROWS} rows:"
         f" stale keys without replicas {stale_plain}/{cached_plain} cached,"
         f" with replicas {stale_aware}/{cached_aware};"
-        f" {waits:.0f} commits waited {wait_sum / max(waits, 1) * 1000:.0f} ms on average"
+        f" {waits:.0f} commits waited {wait_sum / max(waits, 1) * 1000:.0f} ms on average;"
+        f" audit found {audit_plain} and {audit_aware} stale"
     )
+    assert (audit_plain, audit_aware) == (stale_plain, stale_aware)
     # Without replicas the standby's old rows must come back, or the comparison proves nothing.
     assert stale_plain > 0
     assert stale_aware == 0

@@ -100,6 +100,23 @@ def test_refresh_without_value_is_an_error(tmp_path: Path) -> None:
     )
 
 
+def test_value_on_a_bump_rule_is_an_error(tmp_path: Path) -> None:
+    """A bump rule's keys are counters: a value there cannot say what the app stores."""
+    rule = "  - table: t\n    keys: [gen]\n    action: bump\n    value: {json: [id]}\n"
+    path = write(tmp_path, VALID + rule)
+    assert error_of(path) == (
+        f"{path}: rules[2] (table public.t): 'value' does not apply to action 'bump' "
+        "(its keys hold counters)"
+    )
+
+
+def test_value_on_a_delete_rule_says_what_the_app_stores(tmp_path: Path) -> None:
+    """On a delete rule, value is accepted (audit reads it)."""
+    rule = "  - table: t\n    keys: ['t:{id}']\n    value: {json: [id, name]}\n"
+    config = load_config(str(write(tmp_path, VALID + rule)))
+    assert config.rules[2].value is not None and config.rules[2].action == "delete"
+
+
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
     """No config file: one line that mentions --config and INVALIDATOR_CONFIG."""
     path = str(tmp_path / "nope.yaml")

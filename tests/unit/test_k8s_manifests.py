@@ -56,6 +56,8 @@ SPEC_METRICS = {
     "invalidator_gaps_total",
     "invalidator_replica_lag_seconds",
     "invalidator_replica_wait_seconds",
+    "invalidator_audit_checked_total",
+    "invalidator_audit_stale_total",
 }
 SPEC_HISTOGRAMS = {"invalidator_commit_to_ack_seconds", "invalidator_replica_wait_seconds"}
 METRIC_NAME = re.compile(r"\binvalidator_[a-z0-9_]+")
@@ -652,6 +654,7 @@ def test_alerts_cover_the_failure_modes() -> None:
         "MemcachedErrors",
         "UnbuildableKeys",
         "InvalidatorContinuityLost",
+        "CacheStale",
     }
 
 

@@ -1,4 +1,5 @@
-"""The blocking memcached client of the commands (``replay --apply``, ``warm``, ``check``).
+"""The blocking memcached client of the commands (``replay --apply``, ``warm``, ``check``,
+``audit``) and of the audit probe's thread.
 
 One connection per node; a node's operations are written in one go and their replies
 read back in order, so order per key is the order given.
@@ -16,14 +17,18 @@ from invalidator.errors import NodeError
 from invalidator.sinks.memcached.connector import PLAIN, Connector
 from invalidator.sinks.memcached.protocol import (
     BumpStep,
+    Item,
     Outcome,
     ReplyReader,
+    ValuesReader,
     bump_next,
     classify,
+    gets_request,
     request_for,
 )
 
 DEFAULT_TIMEOUT = 5.0
+GET_BATCH = 100  # keys per `gets` request
 MAX_BUMP_ROUNDS = 4  # incr, add, incr again, add again: then report what it answered
 
 
@@ -86,6 +91,39 @@ class NodeConnection:
             self.close()
             raise
         return lines
+
+    def gets_many(self, keys: Sequence[str]) -> dict[str, Item]:
+        """What this node holds for ``keys`` (absent keys left out), with CAS uniques, in
+        pipelined ``gets`` requests of at most ``GET_BATCH`` keys."""
+        if not keys:
+            return {}
+        encoded = [k.encode("utf-8") for k in keys]
+        requests = [
+            gets_request(encoded[i : i + GET_BATCH]) for i in range(0, len(encoded), GET_BATCH)
+        ]
+        sock = self._connect()
+        reader = ValuesReader()
+        found: dict[bytes, Item] = {}
+        done = 0
+        try:
+            sock.sendall(b"".join(requests))
+            while done < len(requests):
+                data = sock.recv(262144)
+                if not data:
+                    raise NodeError(self.node, "connection closed by the server")
+                for reply in reader.feed(data):
+                    found.update(reply)
+                    done += 1
+        except OSError as exc:
+            self.close()
+            raise NodeError(self.node, f"{type(exc).__name__}: {exc}") from None
+        except ValueError as exc:
+            self.close()
+            raise NodeError(self.node, str(exc)) from None
+        except NodeError:
+            self.close()
+            raise
+        return {key.decode("utf-8"): value for key, value in found.items()}
 
     def apply(self, operations: Sequence[Operation]) -> list[Applied]:
         """Apply ``operations`` in order; a ``bump`` follows the bump protocol (a missing

@@ -7,6 +7,7 @@ once and N ``\\r\\n``-terminated lines read back, in order.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,6 +114,63 @@ def classify(line: bytes) -> Reply:
     if line.isdigit():
         return Reply("ok", line)  # incr's new value
     return Reply("error", line)  # ERROR, CLIENT_ERROR ..., SERVER_ERROR ...
+
+
+def gets_request(keys: Sequence[bytes]) -> bytes:
+    """One ``gets`` of several keys: a ``VALUE`` block per key found (with its CAS unique,
+    which changes with every write of the key), then ``END``."""
+    return b"gets " + b" ".join(keys) + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A cached value and its CAS unique (0 when the reply carried none: ``get``)."""
+
+    value: bytes
+    cas: int
+
+
+class ValuesReader:
+    """Parses the replies to ``get``/``gets`` requests: ``VALUE <key> <flags> <bytes>
+    [<cas>]``, the data, and ``END`` closing each request. ``feed`` returns the requests
+    completed, each as a dict key → ``Item`` of what it found."""
+
+    __slots__ = ("_buffer", "_found")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._found: dict[bytes, Item] = {}
+
+    def feed(self, data: bytes) -> list[dict[bytes, Item]]:
+        self._buffer += data
+        done: list[dict[bytes, Item]] = []
+        buffer = self._buffer
+        start = 0
+        while True:
+            end = buffer.find(b"\r\n", start)
+            if end < 0:
+                break
+            line = bytes(buffer[start:end])
+            if line == b"END":
+                done.append(self._found)
+                self._found = {}
+                start = end + 2
+                continue
+            parts = line.split(b" ")
+            if (
+                len(parts) not in (4, 5)
+                or parts[0] != b"VALUE"
+                or not all(p.isdigit() for p in parts[3:])
+            ):
+                raise ValueError(f"unexpected reply to get: {line[:60]!r}")
+            size = int(parts[3])
+            if len(buffer) < end + 2 + size + 2:
+                break  # the value has not fully arrived
+            cas = int(parts[4]) if len(parts) == 5 else 0
+            self._found[parts[1]] = Item(bytes(buffer[end + 2 : end + 2 + size]), cas)
+            start = end + 2 + size + 2
+        del buffer[:start]
+        return done
 
 
 class ReplyReader:
