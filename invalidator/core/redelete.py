@@ -9,37 +9,40 @@ and the second never holds the confirmed position (the first one already did its
 from __future__ import annotations
 
 import heapq
+from typing import Generic, TypeVar
 
 Target = tuple[str, str, str]  # (pool, node, key)
+T = TypeVar("T", bound=tuple[object, ...])
 
 
-class RedeleteScheduler:
-    """Due times per (pool, node, key); a key deleted again only moves its due time later.
+class RedeleteScheduler(Generic[T]):
+    """Due times per target (a re-delete's (pool, node, key); a refresh re-check's too); a
+    target scheduled again only moves its due time later.
 
-    At ``capacity`` the earliest pending re-delete is released early rather than dropped.
+    At ``capacity`` the earliest pending target is released early rather than dropped.
     """
 
     def __init__(self, capacity: int = 200_000):
         self.capacity = capacity
-        self._due: dict[Target, float] = {}
-        self._heap: list[tuple[float, Target]] = []
+        self._due: dict[T, float] = {}
+        self._heap: list[tuple[float, T]] = []
 
     def __len__(self) -> int:
         return len(self._due)
 
-    def schedule(self, target: Target, due: float) -> list[Target]:
+    def schedule(self, target: T, due: float) -> list[T]:
         """Schedule ``target`` at ``due``; returns targets to send now (capacity overflow)."""
         previous = self._due.get(target)
         if previous is not None and previous >= due:
             return []
         self._due[target] = due
         heapq.heappush(self._heap, (due, target))
-        released: list[Target] = []
+        released: list[T] = []
         while len(self._due) > self.capacity:
             released.extend(self._pop(float("inf"), 1))
         return released
 
-    def pop_due(self, now: float) -> list[Target]:
+    def pop_due(self, now: float) -> list[T]:
         """Every target whose time has come."""
         return self._pop(now, len(self._heap))
 
@@ -48,8 +51,8 @@ class RedeleteScheduler:
             heapq.heappop(self._heap)  # superseded by a later due time
         return self._heap[0][0] if self._heap else None
 
-    def _pop(self, now: float, limit: int) -> list[Target]:
-        out: list[Target] = []
+    def _pop(self, now: float, limit: int) -> list[T]:
+        out: list[T] = []
         heap = self._heap
         while heap and len(out) < limit and heap[0][0] <= now:
             due, target = heapq.heappop(heap)

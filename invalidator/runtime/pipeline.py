@@ -26,6 +26,7 @@ from invalidator.core.routing import Routed
 from invalidator.core.rules import RuleSet, TableName, gap_operations, plan
 from invalidator.core.tracker import Txn
 from invalidator.errors import SourceError
+from invalidator.runtime.rechecks import RefreshRechecks, recheck_delay
 from invalidator.runtime.replicas import ReplicaGate
 from invalidator.runtime.skips import SkipReporter
 from invalidator.runtime.telemetry import Telemetry
@@ -64,7 +65,8 @@ class Pipeline:
         self.values = values
         self.clock = clock
         self.log = telemetry.log
-        self.redeletes = RedeleteScheduler()
+        self.redeletes: RedeleteScheduler[tuple[str, str, str]] = RedeleteScheduler()
+        self.rechecks = RefreshRechecks(values, telemetry.log)
         # Pools with read replicas: their operations wait until the replicas replayed them.
         self.gate = gate
         # Rows changed lately, for the audit probe (``audit:`` in the config).
@@ -86,7 +88,11 @@ class Pipeline:
     @property
     def timers(self) -> bool:
         """Something waits on a timer: re-deletes, or operations held for replicas."""
-        return bool(self.redeletes) or (self.gate is not None and bool(self.gate.holds))
+        return (
+            bool(self.redeletes)
+            or bool(self.rechecks)
+            or (self.gate is not None and bool(self.gate.holds))
+        )
 
     @property
     def version(self) -> int:
@@ -181,11 +187,25 @@ class Pipeline:
         now = 0.0
         for item in routed:
             op = item.operation
-            delay = compiled[op.rule].redelete if op.rule < len(compiled) else None
-            if delay and op.op == "delete":
+            rule = compiled[op.rule] if op.rule < len(compiled) else None
+            if rule is None:
+                continue
+            if rule.redelete and op.op == "delete":
                 now = now or self.clock()
-                self._schedule_redelete((op.pool, item.node, op.key), now + delay, op.table)
+                self._schedule_redelete((op.pool, item.node, op.key), now + rule.redelete, op.table)
+            elif op.op == "refresh" and rule.value_query is not None and txn is not None:
+                now = now or self.clock()
+                early = self.rechecks.sent(op, rule.value_query, now + recheck_delay(rule.redelete))
+                if early:
+                    self._send_rechecks(early)
         return routed
+
+    def _send_rechecks(self, operations: list[Operation]) -> None:
+        """Re-checked refreshes whose value changed (or whose row is gone): no transaction
+        waits for them."""
+        self.nodes.submit(operations, None)
+        for op in operations:
+            self.telemetry.op_results[(op.pool, "recheck", "rewritten")] += 1
 
     def _trace(self, routed: Iterable[Routed], kind: str) -> None:
         """A debug line per operation, ``TRACE_PER_SECOND`` at most."""
@@ -236,6 +256,7 @@ class Pipeline:
                 )
         if value is None:
             return replace(op, op="delete", value=None, ttl=None)
+        self.rechecks.remember(op, dict(change.new or {}))
         return replace(op, value=value)
 
     # -- re-deletes -----------------------------------------------------------------------
@@ -255,6 +276,13 @@ class Pipeline:
         if self.gate is not None and self.gate.holds:
             self._release(now)
             due = self.gate.next_due()
+        if self.rechecks:
+            rewrites = self.rechecks.due(now)
+            if rewrites:
+                self._send_rechecks(rewrites)
+            next_recheck = self.rechecks.next_due()
+            if next_recheck is not None and (due is None or next_recheck < due):
+                due = next_recheck
         if not self.redeletes:
             return due
         for pool, node, key in self.redeletes.pop_due(now):
