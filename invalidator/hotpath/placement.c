@@ -10,6 +10,9 @@
 const char *const KEY_HASH_NAMES[KH_COUNT] = {
     "", "crc32", "crc32_hi15", "java_hashcode", "java_hashcode_abs", "fnv1_32_utf16",
     "fnv1a_32_utf16", "fnv1_64_utf16", "fnv1a_64_utf16", "md5_le32", "sha1_le32",
+    "libmemcached_one_at_a_time", "libmemcached_fnv1_64", "libmemcached_fnv1a_64",
+    "libmemcached_fnv1_32", "libmemcached_fnv1a_32", "libmemcached_murmur",
+    "libmemcached_jenkins",
 };
 
 static inline uint32_t rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
@@ -242,6 +245,100 @@ static uint32_t fnv_utf16(int wide, int xor_first, const unsigned char *data, Py
     return h;
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* libhashkit's functions, as libmemcached 1.1.4 computes them on x86-64: where the C   */
+/* code widens a (signed) char, bytes >= 0x80 are sign-extended (hashkit.py).          */
+
+#define SIGNED32(b) ((uint32_t)(int32_t)(signed char)(b))
+#define SIGNED64(b) ((uint64_t)(int64_t)(signed char)(b))
+
+static uint32_t lm_one_at_a_time(const unsigned char *data, Py_ssize_t len) {
+    uint32_t v = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        v += SIGNED32(data[i]);
+        v += v << 10;
+        v ^= v >> 6;
+    }
+    v += v << 3;
+    v ^= v >> 11;
+    return v + (v << 15);
+}
+
+static uint32_t lm_fnv(int which, const unsigned char *data, Py_ssize_t len) {
+    if (which == KH_LM_FNV1_64) {
+        uint64_t v = 0xCBF29CE484222325ull;
+        for (Py_ssize_t i = 0; i < len; i++)
+            v = (v * 0x100000001B3ull) ^ SIGNED64(data[i]);
+        return (uint32_t)v;
+    }
+    /* fnv1a_64 is computed in 32 bits with the 64-bit constants truncated */
+    uint32_t v = which == KH_LM_FNV1A_64 ? 0x84222325u : 0x811C9DC5u;
+    uint32_t prime = which == KH_LM_FNV1A_64 ? 0x1B3u : 0x01000193u;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (which == KH_LM_FNV1_32)
+            v = (v * prime) ^ SIGNED32(data[i]);
+        else
+            v = (v ^ SIGNED32(data[i])) * prime;
+    }
+    return v;
+}
+
+/* MurmurHash2 with libmemcached's seed 0xdeadbeef * length. */
+static uint32_t lm_murmur(const unsigned char *data, Py_ssize_t len) {
+    const uint32_t m = 0x5BD1E995;
+    uint32_t h = (0xDEADBEEFu * (uint32_t)len) ^ (uint32_t)len;
+    Py_ssize_t i = 0;
+    for (; len - i >= 4; i += 4) {
+        uint32_t k = load_le32(data + i) * m;
+        k ^= k >> 24;
+        k *= m;
+        h = (h * m) ^ k;
+    }
+    if (i < len) {
+        uint32_t rest = 0;
+        for (Py_ssize_t j = len - 1; j >= i; j--)
+            rest = (rest << 8) | data[j];
+        h ^= rest;
+        h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    return h ^ (h >> 15);
+}
+
+/* Bob Jenkins' lookup3 hashlittle, initval 13. */
+static uint32_t lm_jenkins(const unsigned char *data, Py_ssize_t len) {
+    uint32_t a, b, c;
+    a = b = c = 0xDEADBEEFu + (uint32_t)len + 13;
+    if (len == 0)
+        return c;
+    Py_ssize_t i = 0;
+    for (; len - i > 12; i += 12) {
+        a += load_le32(data + i);
+        b += load_le32(data + i + 4);
+        c += load_le32(data + i + 8);
+        a -= c; a ^= rotl32(c, 4);  c += b;
+        b -= a; b ^= rotl32(a, 6);  a += c;
+        c -= b; c ^= rotl32(b, 8);  b += a;
+        a -= c; a ^= rotl32(c, 16); c += b;
+        b -= a; b ^= rotl32(a, 19); a += c;
+        c -= b; c ^= rotl32(b, 4);  b += a;
+    }
+    unsigned char tail[12] = {0};
+    memcpy(tail, data + i, len - i);
+    a += load_le32(tail);
+    b += load_le32(tail + 4);
+    c += load_le32(tail + 8);
+    c ^= b; c -= rotl32(b, 14);
+    a ^= c; a -= rotl32(c, 11);
+    b ^= a; b -= rotl32(a, 25);
+    c ^= b; c -= rotl32(b, 16);
+    a ^= c; a -= rotl32(c, 4);
+    b ^= a; b -= rotl32(a, 14);
+    c ^= b; c -= rotl32(b, 24);
+    return c;
+}
+
 uint32_t key_hash(int hash, const unsigned char *key, Py_ssize_t len) {
     switch (hash) {
     case KH_CRC32:
@@ -266,6 +363,17 @@ uint32_t key_hash(int hash, const unsigned char *key, Py_ssize_t len) {
         return md5_le32(key, len);
     case KH_SHA1_LE32:
         return sha1_le32(key, len);
+    case KH_LM_ONE_AT_A_TIME:
+        return lm_one_at_a_time(key, len);
+    case KH_LM_FNV1_64:
+    case KH_LM_FNV1A_64:
+    case KH_LM_FNV1_32:
+    case KH_LM_FNV1A_32:
+        return lm_fnv(hash, key, len);
+    case KH_LM_MURMUR:
+        return lm_murmur(key, len);
+    case KH_LM_JENKINS:
+        return lm_jenkins(key, len);
     default:
         return 0;
     }
@@ -395,7 +503,7 @@ int placer_build(Placer *p, int mode, int hash, PyObject *prefixes, PyObject *na
     if (hashed != (hash != KH_NONE))
         return fail("placement: modula and continuum take a key hash, the others none");
     int continuum = mode == PLACE_CONTINUUM || mode == PLACE_CONTINUUM_BELOW;
-    if (continuum ? (npoints < 1 || ntable != npoints)
+    if (continuum ? ((npoints < 1 && nnodes > 1) || ntable != npoints)
                   : (npoints != 0 || (mode == PLACE_MODULA ? ntable < 1 : ntable != 0)))
         return fail("placement: points and table do not fit the mode");
     p->mode = mode;

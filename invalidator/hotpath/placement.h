@@ -34,6 +34,14 @@ enum {
     KH_FNV1A_64_UTF16,
     KH_MD5_LE32,        /* first 4 bytes of MD5, little-endian */
     KH_SHA1_LE32,       /* first 4 bytes of SHA-1, little-endian */
+    /* libhashkit (libmemcached 1.1.4), over bytes read through a signed char */
+    KH_LM_ONE_AT_A_TIME,
+    KH_LM_FNV1_64,
+    KH_LM_FNV1A_64,
+    KH_LM_FNV1_32,
+    KH_LM_FNV1A_32,
+    KH_LM_MURMUR,
+    KH_LM_JENKINS,
     KH_COUNT
 };
 

@@ -28,6 +28,14 @@ KEY_HASHES = (
     "fnv1a_64_utf16",
     "md5_le32",  # the first 4 bytes of MD5, little-endian
     "sha1_le32",  # the first 4 bytes of SHA-1, little-endian
+    # libmemcached's (hashkit.py), bytes read through a signed char:
+    "libmemcached_one_at_a_time",
+    "libmemcached_fnv1_64",
+    "libmemcached_fnv1a_64",
+    "libmemcached_fnv1_32",
+    "libmemcached_fnv1a_32",
+    "libmemcached_murmur",
+    "libmemcached_jenkins",
 )
 
 
