@@ -100,14 +100,12 @@ def in_process_library(
 
 
 def external_library(
-    client: str, behaviors: dict[str, Any], servers: list[str]
+    client: str, behaviors: dict[str, Any], servers: list[str], keys: list[str]
 ) -> tuple[str, float | None]:
-    """The library's keys/s from its oracle's timing mode, or why it was not measured."""
-    try:
-        import timing
-    except ImportError:
-        return "not measured (no timing mode)", None
-    return timing.measure(client, behaviors, servers)
+    """The library's keys/s from its vector oracle's timing mode, or why not measured."""
+    import timing  # scripts/placement_vectors/timing.py
+
+    return timing.measure(client, behaviors, servers, keys)
 
 
 def main() -> None:
@@ -141,7 +139,7 @@ def main() -> None:
             library_rate = rate(library_call, python_keys, 1)
             mismatches += sum(library_owner(k) != placement.owners(k)[0] for k in sample)
         elif not what:
-            what, library_rate = external_library(client, behaviors, servers)
+            what, library_rate = external_library(client, behaviors, servers, python_keys)
         results.append(
             {
                 "client": label,
