@@ -30,6 +30,7 @@ _MODES = {
 }
 _KEY_HASHES = {name: number for number, name in enumerate(_hotpath.KEY_HASHES) if name}
 MAX_COLUMNS = 64
+MAX_NODE_NAME = 199  # bytes of "host:port" C keeps (placement.c)
 
 TableSpec = tuple[bytes, bytes, int, list[bytes], list[tuple[int, list[bytes], list[int]]]]
 # (mode, key hash, continuum points, table): how C places a pool's keys
@@ -39,7 +40,7 @@ Lookup = tuple[int, int, list[int], list[int]]
 def lookup(placement: Placement) -> Lookup | None:
     """How C places keys exactly as ``placement`` does, or None when only Python can."""
     mode = _MODES.get(placement.hot_mode or "")
-    if mode is None:
+    if mode is None or any(len(node.encode()) > MAX_NODE_NAME for node in placement.nodes):
         return None
     if mode in (_hotpath.RENDEZVOUS, _hotpath.BROADCAST):
         return (mode, 0, [], [])

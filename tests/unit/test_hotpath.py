@@ -462,6 +462,13 @@ def test_pools_with_non_ascii_node_names_are_left_to_python() -> None:
     assert tables_for(pools, [{"table": "t", "keys": ["t:{id}"]}]) == []
 
 
+def test_pools_with_node_names_longer_than_c_keeps_are_left_to_python() -> None:
+    long_name = "a" * 190 + ".example:11211"
+    for client in ("pymemcache", "spymemcached"):
+        pools = {"default": {"servers": [long_name, "b:2"], "client": client}}
+        assert tables_for(pools, [{"table": "t", "keys": ["t:{id}"]}]) == [], client
+
+
 def test_discovered_pools_are_left_to_python() -> None:
     pools = {**PLAIN, "found": {"discover": {"srv": "_memcache._tcp.example"}}}
     rules = [{"table": "t", "keys": ["t:{id}"]}, {"table": "u", "keys": ["u"], "pool": "found"}]
