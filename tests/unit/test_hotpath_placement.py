@@ -121,13 +121,21 @@ WEIGHTED = {"pylibmc", "php-memcached", "python-memcached", "dalli", "node-memca
 
 @st.composite
 def server_lists(draw: st.DrawFn, client: str, behaviors: dict[str, Any]) -> list[str]:
+    """1-16 distinct servers: IPv4, IPv6 or hostnames, with or without a port (always
+    with one when weighted)."""
     count = draw(st.integers(1, 16))
-    octets = draw(st.lists(st.integers(1, 254), min_size=count, max_size=count, unique=True))
-    ports = draw(st.lists(st.sampled_from([11211, 11212, 22122, 1]), min_size=count))
-    servers = [f"10.0.{o // 7}.{o}:{p}" for o, p in zip(octets, ports, strict=False)]
+    numbers = draw(st.lists(st.integers(1, 254), min_size=count, max_size=count, unique=True))
     consistent_spy = client == "spymemcached" and behaviors.get("locator") == "consistent"
-    if (client in WEIGHTED or consistent_spy) and draw(st.booleans()):
-        servers = [f"{s} {draw(st.integers(1, 5))}" for s in servers]
+    kinds = ["ipv4", "ipv6"] if consistent_spy else ["ipv4", "ipv6", "name"]
+    weighted = (client in WEIGHTED or consistent_spy) and draw(st.booleans())
+    ports = [11211, 11212, 22122, 1] if weighted else [11211, 11212, 22122, 1, None]
+    servers = []
+    for n in numbers:
+        kind = draw(st.sampled_from(kinds))
+        host = {"ipv4": f"10.0.{n // 7}.{n}", "ipv6": f"[fd00::{n:x}]", "name": f"cache-{n}.svc"}
+        port = draw(st.sampled_from(ports))
+        server = host[kind] if port is None else f"{host[kind]}:{port}"
+        servers.append(f"{server} {draw(st.integers(1, 5))}" if weighted else server)
     return servers
 
 
