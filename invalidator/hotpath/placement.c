@@ -404,12 +404,8 @@ static int name_less(const Placer *p, int a, int b) {
 static int rendezvous(const Placer *p, const unsigned char *key, Py_ssize_t len) {
     unsigned char stack[512];
     unsigned char *buf = stack;
-    Py_ssize_t longest = 0;
-    for (int n = 0; n < p->nnodes; n++)
-        if (p->prefix_lens[n] > longest)
-            longest = p->prefix_lens[n];
-    if (longest + len > (Py_ssize_t)sizeof(stack)) {
-        buf = PyMem_Malloc(longest + len);
+    if (p->longest_prefix + len > (Py_ssize_t)sizeof(stack)) {
+        buf = PyMem_Malloc(p->longest_prefix + len);
         if (buf == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -554,6 +550,8 @@ int placer_build(Placer *p, int mode, int hash, PyObject *prefixes, PyObject *na
         if (prefixes == NULL)
             p->prefixes[n][len++] = '-';
         p->prefix_lens[n] = len;
+        if (len > p->longest_prefix)
+            p->longest_prefix = len;
     }
     for (Py_ssize_t i = 0; i < npoints; i++) {
         unsigned long v = PyLong_AsUnsignedLong(PyList_GET_ITEM(points, i));

@@ -56,6 +56,7 @@ typedef struct {
     Py_ssize_t *prefix_lens;
     char **names;
     Py_ssize_t *name_lens;
+    Py_ssize_t longest_prefix;
     /* continuum: sorted points; table: node per point (continuum) or per bucket (modula) */
     Py_ssize_t npoints;
     uint32_t *points;
