@@ -6,9 +6,10 @@
  *   - XLogData with a B record: nothing to do (transactions are tracked by commits);
  *   - XLogData with a C record: its position and commit time are recorded;
  *   - XLogData with an I/U/D record of a known table: the keys are rendered exactly as
- *     FastPlanner renders them, placed exactly as pymemcache's HashClient places them
- *     (rendezvous over MurmurHash3 x86_32), and "delete <key>\r\n" is appended to the
- *     request buffer of each (pool, node);
+ *     FastPlanner renders them, placed exactly as the pool's client places them
+ *     (placement.c: pymemcache's rendezvous, broadcast, or a key hash looked up in the
+ *     modula buckets or continuum the Python placement built), and "delete <key>\r\n" is
+ *     appended to the request buffer of each (pool, node);
  *   - a primary keepalive: its WAL end (and whether a reply was asked for) is recorded.
  *
  * Anything else - another table, a NULL or non-ASCII key value, a float, an escape we do
