@@ -14,7 +14,7 @@ system-deps:
 demo-deps:
 	@PYTHON=$(PYTHON) bash scripts/install-system-deps.sh --for demo
 
-$(STAMP): pyproject.toml setup.py invalidator/hotpath/_hotpath.c
+$(STAMP): pyproject.toml setup.py invalidator/hotpath/_hotpath.c invalidator/hotpath/placement.c invalidator/hotpath/placement.h
 	@test -x $(PY) || { echo "venv: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@echo "venv: installing the package and its dependencies (pip; about a minute the first time)"
 	@start=$$(date +%s); \

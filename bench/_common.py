@@ -274,7 +274,11 @@ class DaemonProcess(daemon_process.DaemonProcess):
             servers=servers,
             rules=rules,
             port=port,
-            pool={"hashing": "rendezvous", **({"tls": tls} if tls else {}), **(pool or {})},
+            pool={
+                **({} if "client" in (pool or {}) else {"hashing": "rendezvous"}),
+                **({"tls": tls} if tls else {}),
+                **(pool or {}),
+            },
             log_level="warning",
             kind="wal2json",
             create_slot=create_slot,

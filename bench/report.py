@@ -1,12 +1,12 @@
 """Run every benchmark, then print one summary table and write it to bench/results/.
 
-Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak) runs
-as its own subprocess with ``--json``; its output is shown as it runs and kept in
-``bench/results/latest.log``. At the end: one table (figure, ours, reference, ratio or
-target, met?) on stdout, the same table as Markdown with the machine and the date in
-``bench/results/latest.md``, every figure in ``bench/results/latest.json``, and latency
-percentiles against load in ``bench/results/latency.png`` (needs matplotlib; skipped with a
-message when it is missing).
+Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak,
+placement_drain, ...) runs as its own subprocess with ``--json``; its output is shown as it
+runs and kept in ``bench/results/latest.log``. At the end: one table (figure, ours,
+reference, ratio or target, met?) on stdout, the same table as Markdown with the machine and
+the date in ``bench/results/latest.md``, every figure in ``bench/results/latest.json``, and
+latency percentiles against load in ``bench/results/latency.png`` (needs matplotlib; skipped
+with a message when it is missing).
 
 The machine may be shared: a watcher samples /proc every second and reports, per step, the
 CPU used by processes that are not this run's (other test suites, other daemons).
@@ -79,6 +79,11 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
             Step("replicas", "replicas.py", ["--probes", "15"]),
             Step("vanished_node", "vanished_node.py", ["--samples", "100"]),
+            Step(
+                "placement_drain",
+                "placement_drain.py",
+                ["--rows", "50000", "--txns", "50", "--repeat", "1"],
+            ),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -92,6 +97,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("tls", "tls.py", ["--rounds", "3"]),
         Step("replicas", "replicas.py", []),
         Step("vanished_node", "vanished_node.py", []),
+        Step("placement_drain", "placement_drain.py", []),
     ]
 
 
@@ -371,15 +377,42 @@ def startup_rows(data: dict[str, Any]) -> list[Row]:
 
 
 def placement_rows(data: dict[str, Any]) -> list[Row]:
-    ours, theirs = data["ours_keys_per_s"], data["pymemcache_keys_per_s"]
+    """One row per client: C keys/s (the hot path's), beside Python's and the library's."""
+    rows: list[Row] = []
+    for item in data["clients"]:
+        c_rate, library = item["c_keys_per_s"], item["library_keys_per_s"]
+        reference = f"Python {fmt_int(item['python_keys_per_s'])}; library " + (
+            f"{fmt_int(library)}" if library is not None else item["library"]
+        )
+        rows.append(
+            [
+                f"Placement keys/s, {item['client']} ({data['nodes']} nodes, C; "
+                f"{item['mismatches']} mismatches)",
+                fmt_int(c_rate) if c_rate is not None else "- (every node)",
+                reference,
+                f"target {fmt_int(data['target_keys_per_s'])}",
+                yes(
+                    item["mismatches"] == 0
+                    and (c_rate is None or c_rate >= data["target_keys_per_s"])
+                ),
+            ]
+        )
+    return rows
+
+
+def placement_drain_rows(data: dict[str, Any]) -> list[Row]:
+    """Each ketama pool's drain rate over the rendezvous pool's, same backlog, one run."""
+    pools = data["pools"]
+    reference = pools[0]
     return [
         [
-            f"Key placement, keys/s ({data['nodes']} nodes, {data['mismatches']} mismatches)",
-            fmt_int(ours),
-            f"{fmt_int(theirs)} (pymemcache RendezvousHash)",
-            f"{ours / theirs:.0f}x",
-            yes(data["mismatches"] == 0),
+            f"Drain changes/s, {p['pool']} pool ({fmt_int(data['changes'])} changes)",
+            fmt_int(p["median_changes_per_s"]),
+            f"{fmt_int(reference['median_changes_per_s'])} ({reference['pool']})",
+            f"{p['ratio_to_rendezvous']:.2f} (target >= {data['target_ratio']:g})",
+            yes(p["ratio_to_rendezvous"] >= data["target_ratio"]),
         ]
+        for p in pools[1:]
     ]
 
 
@@ -476,6 +509,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "tls": tls_rows,
     "replicas": replica_rows,
     "vanished_node": vanished_rows,
+    "placement_drain": placement_drain_rows,
 }
 ORDER = [
     "throughput",
@@ -488,6 +522,7 @@ ORDER = [
     "tls",
     "replicas",
     "vanished_node",
+    "placement_drain",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 

@@ -109,8 +109,11 @@ def run_recvlogical(bench: Bench, slot: str, endpos: str) -> float:
     return elapsed
 
 
-def run_daemon(bench: Bench, slot: str, end: int, timeout: float) -> dict[str, Any]:
-    daemon = bench.daemon(slot, RULES, create_slot=False)
+def run_daemon(
+    bench: Bench, slot: str, end: int, timeout: float, pool: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One daemon (``pool``: more pool settings) draining ``slot`` up to ``end``."""
+    daemon = bench.daemon(slot, RULES, create_slot=False, pool=pool)
     state: dict[str, Any] = {"ready": None, "cpu_ready": None}
 
     def tick(now: float) -> None:

@@ -4,7 +4,9 @@ The C decoder is an accelerator, never a second meaning: for the tables and pool
 takes, it must emit exactly the deletes ``plan()`` plans and the placements route (the
 tests prove it over every fixture and generated records). It takes tables whose rules are
 all plain deletes (no ``when_changed``, no re-delete) on pools whose placement says the C
-code reproduces it (``Placement.hot_mode``). Everything else — and every unusual record
+code reproduces it (``Placement.hot_mode``; for clients that hash the key alone, the
+modula buckets or continuum that Python built, ``HotSpec``: C hashes and looks up, never
+derives a table). Everything else — and every unusual record
 of those tables — it declines, and ``plan()`` handles it.
 """
 
@@ -14,15 +16,48 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from invalidator.core.operations import Operation
-from invalidator.core.placement import Placement
+from invalidator.core.placement import HotSpec, HotSpecified, Placement
 from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.hotpath import _hotpath
 
 _KINDS = {"insert": _hotpath.INSERT, "update": _hotpath.UPDATE, "delete": _hotpath.DELETE}
-_MODES = {"rendezvous": _hotpath.RENDEZVOUS, "broadcast": _hotpath.BROADCAST}
+_MODES = {
+    "rendezvous": _hotpath.RENDEZVOUS,
+    "broadcast": _hotpath.BROADCAST,
+    "modula": _hotpath.MODULA,
+    "continuum": _hotpath.CONTINUUM,
+    "continuum_below": _hotpath.CONTINUUM_BELOW,
+}
+_KEY_HASHES = {name: number for number, name in enumerate(_hotpath.KEY_HASHES) if name}
 MAX_COLUMNS = 64
+MAX_NODE_NAME = 199  # bytes of "host:port" C keeps (placement.c)
 
 TableSpec = tuple[bytes, bytes, int, list[bytes], list[tuple[int, list[bytes], list[int]]]]
+# (mode, key hash, continuum points, table): how C places a pool's keys
+Lookup = tuple[int, int, list[int], list[int]]
+
+
+def lookup(placement: Placement) -> Lookup | None:
+    """How C places keys exactly as ``placement`` does, or None when only Python can."""
+    mode = _MODES.get(placement.hot_mode or "")
+    if mode is None or any(len(node.encode()) > MAX_NODE_NAME for node in placement.nodes):
+        return None
+    if mode in (_hotpath.RENDEZVOUS, _hotpath.BROADCAST):
+        return (mode, 0, [], [])
+    spec: HotSpec | None = placement.hot_spec() if isinstance(placement, HotSpecified) else None
+    if spec is None or _MODES.get(spec.mode) != mode or spec.key_hash not in _KEY_HASHES:
+        return None
+    return (mode, _KEY_HASHES[spec.key_hash], list(spec.points), list(spec.table))
+
+
+def placer(placement: Placement) -> _hotpath.Placer | None:
+    """The C placement of a single-owner ``placement`` (``placer.owner(key)`` -> node),
+    or None when C does not reproduce it (or every node owns every key)."""
+    found = lookup(placement)
+    if found is None or found[0] == _hotpath.BROADCAST:
+        return None
+    mode, key_hash, points, table = found
+    return _hotpath.Placer(mode, key_hash, list(placement.nodes), points, table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +73,19 @@ class HotPath:
 
     def __init__(self, rules: RuleSet, placements: Mapping[str, Placement]):
         pool_index: dict[str, int] = {}
-        pool_specs: list[tuple[int, list[tuple[bytes, bytes, int]]]] = []
+        pool_specs: list[tuple[int, list[tuple[bytes, bytes, int]], int, list[int], list[int]]] = []
         self.slots: list[Slot] = []
         for pool, placement in placements.items():
-            mode = _MODES.get(placement.hot_mode or "")
-            if mode is None:
+            found = lookup(placement)
+            if found is None:
                 continue
+            mode, key_hash, points, owners = found
             entries: list[tuple[bytes, bytes, int]] = []
             for node in placement.nodes:
                 entries.append((f"{node}-".encode(), node.encode(), len(self.slots)))
                 self.slots.append(Slot(pool, node))
             pool_index[pool] = len(pool_specs)
-            pool_specs.append((mode, entries))
+            pool_specs.append((mode, entries, key_hash, points, owners))
         self.tables: list[str] = []  # "schema.table" per decoder table index (metrics)
         table_specs = []
         for schema, table in list(rules.by_table) + list(rules.aliases):

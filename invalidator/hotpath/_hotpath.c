@@ -6,9 +6,10 @@
  *   - XLogData with a B record: nothing to do (transactions are tracked by commits);
  *   - XLogData with a C record: its position and commit time are recorded;
  *   - XLogData with an I/U/D record of a known table: the keys are rendered exactly as
- *     FastPlanner renders them, placed exactly as pymemcache's HashClient places them
- *     (rendezvous over MurmurHash3 x86_32), and "delete <key>\r\n" is appended to the
- *     request buffer of each (pool, node);
+ *     FastPlanner renders them, placed exactly as the pool's client places them
+ *     (placement.c: pymemcache's rendezvous, broadcast, or a key hash looked up in the
+ *     modula buckets or continuum the Python placement built), and "delete <key>\r\n" is
+ *     appended to the request buffer of each (pool, node);
  *   - a primary keepalive: its WAL end (and whether a reply was asked for) is recorded.
  *
  * Anything else - another table, a NULL or non-ASCII key value, a float, an escape we do
@@ -22,9 +23,8 @@
  * scan_deletes() counts consecutive DELETED / NOT_FOUND reply lines, so that the replies
  * of a batch of N pipelined deletes are settled without a Python loop per line.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
+#include "placement.h"
+
 #include <string.h>
 #include <time.h>
 
@@ -34,47 +34,6 @@
 #define MAX_ROW_COLS 1664
 
 enum { KIND_INSERT = 1, KIND_UPDATE = 2, KIND_DELETE = 4 };
-enum { MODE_RENDEZVOUS = 0, MODE_BROADCAST = 1 };
-
-/* ---------------------------------------------------------------------------------- */
-/* MurmurHash3 x86_32 (public domain, Austin Appleby), as mmh3.hash(..., 0, False).    */
-
-static inline uint32_t rotl32(uint32_t x, int8_t r) { return (x << r) | (x >> (32 - r)); }
-
-static uint32_t murmur3_32(const unsigned char *data, Py_ssize_t len, uint32_t seed) {
-    const Py_ssize_t nblocks = len / 4;
-    uint32_t h1 = seed;
-    const uint32_t c1 = 0xcc9e2d51, c2 = 0x1b873593;
-    for (Py_ssize_t i = 0; i < nblocks; i++) {
-        uint32_t k1;
-        memcpy(&k1, data + i * 4, 4); /* little-endian, as on x86 */
-        k1 *= c1;
-        k1 = rotl32(k1, 15);
-        k1 *= c2;
-        h1 ^= k1;
-        h1 = rotl32(h1, 13);
-        h1 = h1 * 5 + 0xe6546b64;
-    }
-    const unsigned char *tail = data + nblocks * 4;
-    uint32_t k1 = 0;
-    switch (len & 3) {
-    case 3: k1 ^= (uint32_t)tail[2] << 16; /* fall through */
-    case 2: k1 ^= (uint32_t)tail[1] << 8;  /* fall through */
-    case 1:
-        k1 ^= tail[0];
-        k1 *= c1;
-        k1 = rotl32(k1, 15);
-        k1 *= c2;
-        h1 ^= k1;
-    }
-    h1 ^= (uint32_t)len;
-    h1 ^= h1 >> 16;
-    h1 *= 0x85ebca6b;
-    h1 ^= h1 >> 13;
-    h1 *= 0xc2b2ae35;
-    h1 ^= h1 >> 16;
-    return h1;
-}
 
 /* ---------------------------------------------------------------------------------- */
 /* Plain data built from the Python configuration.                                     */
@@ -102,15 +61,8 @@ typedef struct {
 } Table;
 
 typedef struct {
-    Bytes prefix; /* "host:port-" */
-    Bytes name;   /* "host:port", for ties */
-    int slot;     /* index of this (pool, node) request buffer */
-} Node;
-
-typedef struct {
-    int mode;
-    int nnodes;
-    Node *nodes;
+    Placer placer; /* which node: placement.c */
+    int *slots;    /* per node: the index of its (pool, node) request buffer */
 } Pool;
 
 typedef struct {
@@ -627,39 +579,19 @@ static int append_delete(Buffer *b, const char *key, Py_ssize_t len) {
     return 0;
 }
 
-static int bytes_less(const Bytes *a, const Bytes *b) {
-    Py_ssize_t n = a->len < b->len ? a->len : b->len;
-    int c = memcmp(a->data, b->data, n);
-    return c < 0 || (c == 0 && a->len < b->len);
-}
-
 static int place_keys(Decoder *self, const Key *keys, int nkeys) {
-    unsigned char hashbuf[512];
     for (int k = 0; k < nkeys; k++) {
         const Pool *pool = &self->pools[keys[k].pool];
         const char *key = self->scratch.data + keys[k].start;
         Py_ssize_t len = keys[k].len;
-        if (pool->mode == MODE_BROADCAST) {
-            for (int n = 0; n < pool->nnodes; n++)
-                if (append_delete(&self->slots[pool->nodes[n].slot], key, len) < 0)
+        if (pool->placer.mode == PLACE_BROADCAST) {
+            for (int n = 0; n < pool->placer.nnodes; n++)
+                if (append_delete(&self->slots[pool->slots[n]], key, len) < 0)
                     return -1;
             continue;
         }
-        /* pymemcache RendezvousHash: the highest murmur3("<node>-<key>") wins; a tie goes
-         * to the greater node name. */
-        long long best = -1;
-        const Node *winner = NULL;
-        for (int n = 0; n < pool->nnodes; n++) {
-            const Node *node = &pool->nodes[n];
-            memcpy(hashbuf, node->prefix.data, node->prefix.len);
-            memcpy(hashbuf + node->prefix.len, key, len);
-            long long score = murmur3_32(hashbuf, node->prefix.len + len, 0);
-            if (score > best || (score == best && bytes_less(&winner->name, &node->name))) {
-                best = score;
-                winner = node;
-            }
-        }
-        if (append_delete(&self->slots[winner->slot], key, len) < 0)
+        int node = place_key(&pool->placer, (const unsigned char *)key, len);
+        if (node < 0 || append_delete(&self->slots[pool->slots[node]], key, len) < 0)
             return -1;
     }
     return 0;
@@ -1061,7 +993,8 @@ static PyObject *Decoder_get_wal_end(Decoder *self, void *Py_UNUSED(closure)) {
 /* Construction: Decoder(tables, pools, nslots)                                        */
 /*   tables: [(schema: bytes, table: bytes, kinds: int, columns: [bytes],             */
 /*             templates: [(pool: int, literals: [bytes], columns: [int])])]          */
-/*   pools:  [(mode: int, [(prefix: bytes, name: bytes, slot: int)])]                 */
+/*   pools:  [(mode: int, [(prefix: bytes, name: bytes, slot: int)],                  */
+/*             key_hash: int = 0, points: [int] = [], table: [int] = [])]              */
 
 static int copy_bytes(PyObject *obj, Bytes *out) {
     char *data;
@@ -1099,12 +1032,8 @@ static void Decoder_free_data(Decoder *self) {
     self->tables = NULL;
     self->ntables = 0;
     for (int p = 0; p < self->npools; p++) {
-        Pool *pool = &self->pools[p];
-        for (int n = 0; n < pool->nnodes; n++) {
-            PyMem_Free(pool->nodes[n].prefix.data);
-            PyMem_Free(pool->nodes[n].name.data);
-        }
-        PyMem_Free(pool->nodes);
+        placer_free(&self->pools[p].placer);
+        PyMem_Free(self->pools[p].slots);
     }
     PyMem_Free(self->pools);
     self->pools = NULL;
@@ -1160,6 +1089,46 @@ static int build_template(PyObject *spec, Template *tpl, int ntablecols, int npo
     return 0;
 }
 
+/* (mode, [(prefix, name, slot)], key_hash=0, points=[], table=[]) -> a Pool */
+static int build_pool(PyObject *spec, Pool *pool, int nslots) {
+    int mode, hash = KH_NONE;
+    PyObject *nodes, *points = NULL, *table = NULL;
+    if (!PyArg_ParseTuple(spec, "iO!|iO!O!", &mode, &PyList_Type, &nodes, &hash, &PyList_Type,
+                          &points, &PyList_Type, &table))
+        return -1;
+    Py_ssize_t nnodes = PyList_GET_SIZE(nodes);
+    PyObject *prefixes = PyList_New(nnodes), *names = PyList_New(nnodes);
+    PyObject *empty = PyList_New(0);
+    int rc = -1;
+    if (prefixes == NULL || names == NULL || empty == NULL)
+        goto done;
+    pool->slots = PyMem_Calloc(nnodes ? nnodes : 1, sizeof(int));
+    if (pool->slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t n = 0; n < nnodes; n++) {
+        PyObject *prefix, *name;
+        int slot;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(nodes, n), "SSi", &prefix, &name, &slot))
+            goto done;
+        if (slot < 0 || slot >= nslots) {
+            PyErr_SetString(PyExc_ValueError, "node: slot out of range");
+            goto done;
+        }
+        pool->slots[n] = slot;
+        PyList_SET_ITEM(prefixes, n, Py_NewRef(prefix));
+        PyList_SET_ITEM(names, n, Py_NewRef(name));
+    }
+    rc = placer_build(&pool->placer, mode, hash, prefixes, names, points ? points : empty,
+                      table ? table : empty);
+done:
+    Py_XDECREF(prefixes);
+    Py_XDECREF(names);
+    Py_XDECREF(empty);
+    return rc;
+}
+
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"tables", "pools", "slots", NULL};
     PyObject *tables, *pools;
@@ -1186,34 +1155,9 @@ static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     for (Py_ssize_t p = 0; p < npools; p++) {
-        Pool *pool = &self->pools[p];
-        PyObject *nodes;
         self->npools = (int)p + 1;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(pools, p), "iO!", &pool->mode, &PyList_Type, &nodes))
+        if (build_pool(PyList_GET_ITEM(pools, p), &self->pools[p], nslots) < 0)
             return -1;
-        Py_ssize_t nnodes = PyList_GET_SIZE(nodes);
-        if (nnodes < 1) {
-            PyErr_SetString(PyExc_ValueError, "a pool needs at least one node");
-            return -1;
-        }
-        pool->nodes = PyMem_Calloc(nnodes, sizeof(Node));
-        if (pool->nodes == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (Py_ssize_t n = 0; n < nnodes; n++) {
-            Node *node = &pool->nodes[n];
-            PyObject *prefix, *name;
-            pool->nnodes = (int)n + 1;
-            if (!PyArg_ParseTuple(PyList_GET_ITEM(nodes, n), "SSi", &prefix, &name, &node->slot))
-                return -1;
-            if (copy_bytes(prefix, &node->prefix) < 0 || copy_bytes(name, &node->name) < 0)
-                return -1;
-            if (node->slot < 0 || node->slot >= nslots || node->prefix.len > 200) {
-                PyErr_SetString(PyExc_ValueError, "node: slot out of range or name too long");
-                return -1;
-            }
-        }
     }
     Py_ssize_t ntables = PyList_GET_SIZE(tables);
     self->tables = PyMem_Calloc(ntables ? ntables : 1, sizeof(Table));
@@ -1352,6 +1296,135 @@ static PyObject *hash_murmur3(PyObject *module, PyObject *arg) {
     return PyLong_FromUnsignedLong(h);
 }
 
+/* key_hash(hash, data) -> the key hash numbered `hash` (KEY_HASHES) of the bytes */
+static PyObject *py_key_hash(PyObject *module, PyObject *args) {
+    int hash;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "iy*", &hash, &view))
+        return NULL;
+    if (hash <= KH_NONE || hash >= KH_COUNT) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "unknown key hash");
+        return NULL;
+    }
+    uint32_t h = key_hash(hash, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(h);
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Placer(mode, key_hash, names, points, table): one pool's placement as a callable    */
+/* owner(key) -> node name, for tests and bench/placement.py.                          */
+
+typedef struct {
+    PyObject_HEAD
+    Placer placer;
+    PyObject *names; /* tuple of str, returned by owner() */
+} PlacerObject;
+
+static int PlacerObject_init(PlacerObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"mode", "key_hash", "names", "points", "table", NULL};
+    int mode, hash;
+    PyObject *names, *points, *table;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!O!O!", kwlist, &mode, &hash, &PyList_Type,
+                                     &names, &PyList_Type, &points, &PyList_Type, &table))
+        return -1;
+    placer_free(&self->placer);
+    Py_CLEAR(self->names);
+    if (mode == PLACE_BROADCAST) {
+        PyErr_SetString(PyExc_ValueError, "broadcast has no single owner");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    PyObject *encoded = PyList_New(n);
+    if (encoded == NULL)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        PyObject *bytes = PyUnicode_Check(name) ? PyUnicode_AsUTF8String(name) : NULL;
+        if (bytes == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "node names are str");
+            Py_DECREF(encoded);
+            return -1;
+        }
+        PyList_SET_ITEM(encoded, i, bytes);
+    }
+    int rc = placer_build(&self->placer, mode, hash, NULL, encoded, points, table);
+    Py_DECREF(encoded);
+    if (rc < 0)
+        return -1;
+    self->names = PyList_AsTuple(names);
+    return self->names == NULL ? -1 : 0;
+}
+
+/* The bytes a key is hashed as: rendezvous hashes each character & 0xFF (pymemcache's
+ * murmur3), the others the UTF-8 bytes (lone surrogates as surrogatepass writes them). */
+static PyObject *key_bytes(const Placer *placer, PyObject *key) {
+    if (!PyUnicode_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "a key is a str");
+        return NULL;
+    }
+    if (placer->mode == PLACE_RENDEZVOUS) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(key);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, n);
+        if (out == NULL)
+            return NULL;
+        int kind = PyUnicode_KIND(key);
+        const void *data = PyUnicode_DATA(key);
+        char *dst = PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++)
+            dst[i] = (char)(PyUnicode_READ(kind, data, i) & 0xFF);
+        return out;
+    }
+    return PyUnicode_AsEncodedString(key, "utf-8", "surrogatepass");
+}
+
+static PyObject *PlacerObject_owner(PlacerObject *self, PyObject *key) {
+    if (self->names == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Placer not initialised");
+        return NULL;
+    }
+    int node;
+    if (PyUnicode_Check(key) && PyUnicode_IS_ASCII(key)) {
+        /* ASCII: its characters are its UTF-8 bytes, for every hash */
+        node = place_key(&self->placer, PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key));
+    } else {
+        PyObject *bytes = key_bytes(&self->placer, key);
+        if (bytes == NULL)
+            return NULL;
+        node = place_key(&self->placer, (const unsigned char *)PyBytes_AS_STRING(bytes),
+                         PyBytes_GET_SIZE(bytes));
+        Py_DECREF(bytes);
+    }
+    if (node < 0)
+        return NULL;
+    return Py_NewRef(PyTuple_GET_ITEM(self->names, node));
+}
+
+static void PlacerObject_dealloc(PlacerObject *self) {
+    placer_free(&self->placer);
+    Py_CLEAR(self->names);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef PlacerObject_methods[] = {
+    {"owner", (PyCFunction)PlacerObject_owner, METH_O,
+     "owner(key) -> the name of the node that owns key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PlacerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "invalidator._hotpath.Placer",
+    .tp_basicsize = sizeof(PlacerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One pool's placement (a HotSpec's values): owner(key) -> node name.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PlacerObject_init,
+    .tp_dealloc = (destructor)PlacerObject_dealloc,
+    .tp_methods = PlacerObject_methods,
+};
+
 static PyObject *py_parse_timestamp(PyObject *module, PyObject *arg) {
     Py_ssize_t n;
     const char *s = PyUnicode_AsUTF8AndSize(arg, &n);
@@ -1368,6 +1441,8 @@ static PyMethodDef module_methods[] = {
      "scan_deletes(buffer, pos, limit) -> (lines, deleted, pos): consecutive DELETED / "
      "NOT_FOUND reply lines from pos, at most limit."},
     {"murmur3", hash_murmur3, METH_O, "MurmurHash3 x86_32, seed 0, unsigned."},
+    {"key_hash", py_key_hash, METH_VARARGS,
+     "key_hash(hash, data) -> the key hash numbered hash (an index of KEY_HASHES) of data."},
     {"parse_timestamp", py_parse_timestamp, METH_O,
      "A wal2json commit timestamp as Unix seconds, or None."},
     {NULL, NULL, 0, NULL},
@@ -1381,18 +1456,41 @@ static struct PyModuleDef module = {
     .m_methods = module_methods,
 };
 
+static PyObject *key_hash_names(void) {
+    PyObject *names = PyTuple_New(KH_COUNT);
+    if (names == NULL)
+        return NULL;
+    for (int i = 0; i < KH_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(KEY_HASH_NAMES[i]);
+        if (name == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, i, name);
+    }
+    return names;
+}
+
 PyMODINIT_FUNC PyInit__hotpath(void) {
-    if (PyType_Ready(&DecoderType) < 0)
+    placement_init();
+    if (PyType_Ready(&DecoderType) < 0 || PyType_Ready(&PlacerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
+    PyObject *hashes = key_hash_names();
+    int added = hashes != NULL && PyModule_AddObjectRef(m, "KEY_HASHES", hashes) == 0;
+    Py_XDECREF(hashes);
+    if (!added || PyModule_AddObjectRef(m, "Decoder", (PyObject *)&DecoderType) < 0 ||
+        PyModule_AddObjectRef(m, "Placer", (PyObject *)&PlacerType) < 0 ||
+        PyModule_AddIntConstant(m, "MODULA", PLACE_MODULA) < 0 ||
+        PyModule_AddIntConstant(m, "CONTINUUM", PLACE_CONTINUUM) < 0 ||
+        PyModule_AddIntConstant(m, "CONTINUUM_BELOW", PLACE_CONTINUUM_BELOW) < 0 ||
         PyModule_AddIntConstant(m, "INSERT", KIND_INSERT) < 0 ||
         PyModule_AddIntConstant(m, "UPDATE", KIND_UPDATE) < 0 ||
         PyModule_AddIntConstant(m, "DELETE", KIND_DELETE) < 0 ||
-        PyModule_AddIntConstant(m, "RENDEZVOUS", MODE_RENDEZVOUS) < 0 ||
-        PyModule_AddIntConstant(m, "BROADCAST", MODE_BROADCAST) < 0) {
+        PyModule_AddIntConstant(m, "RENDEZVOUS", PLACE_RENDEZVOUS) < 0 ||
+        PyModule_AddIntConstant(m, "BROADCAST", PLACE_BROADCAST) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -6,6 +6,8 @@
 # server in the app's list, or -1 when the client refused the key.
 # With `--set` first (live_check.py), the client really stores each key instead and prints
 # 1 per stored key, -1 per refused one.
+# With PLACEMENT_TIMING=1 it prints only keys_per_s=N: the rate of the ring's own
+# server_for_key over the keys, repeated for at least a second (bench/placement.py).
 require 'dalli'
 
 if ARGV[0] == '--set'
@@ -34,6 +36,19 @@ end
 Dalli::Protocol::Binary.prepend(Recording)
 
 client = Dalli::Client.new(ARGV[1..])
+if ENV['PLACEMENT_TIMING'] == '1'
+  ring = client.send(:ring)
+  keys = File.readlines(ARGV[0], chomp: true, encoding: 'UTF-8')
+  clock = -> { Process.clock_gettime(Process::CLOCK_MONOTONIC) }
+  start = clock.call
+  placed = 0
+  while clock.call - start < 1.0
+    keys.each { |key| ring.server_for_key(key) }
+    placed += keys.size
+  end
+  puts "keys_per_s=#{placed / (clock.call - start)}"
+  exit
+end
 servers = client.send(:ring).servers
 out = []
 File.foreach(ARGV[0], chomp: true, encoding: 'UTF-8') do |key|

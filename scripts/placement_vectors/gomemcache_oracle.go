@@ -4,6 +4,8 @@
 // I/O. Prints one line per key: the index of the picked server, or -1 when the client
 // refuses the key. With `--set` first (live_check.py), memcache.New(servers...) really
 // stores each key instead and prints 1 per stored key, -1 per refused one.
+// With PLACEMENT_TIMING=1 it prints only keys_per_s=N: the rate of the library's own
+// ServerList.PickServer over the keys, repeated for at least a second (bench/placement.py).
 package main
 
 import (
@@ -12,6 +14,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 )
@@ -65,6 +69,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "SetServers:", err)
 		os.Exit(2)
 	}
+	if os.Getenv("PLACEMENT_TIMING") == "1" {
+		timing(list, os.Args[1])
+		return
+	}
 	var addrs []string
 	list.Each(func(a net.Addr) error { addrs = append(addrs, a.String()); return nil })
 	rec := &recorder{list: list}
@@ -91,4 +99,24 @@ func main() {
 		}
 		fmt.Fprintln(out, index)
 	}
+}
+
+// timing prints the keys/s of ServerList.PickServer over the keys (at least a second).
+func timing(list *memcache.ServerList, keysFile string) {
+	data, err := os.ReadFile(keysFile)
+	if err != nil {
+		panic(err)
+	}
+	keys := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	start := time.Now()
+	placed := 0
+	for time.Since(start) < time.Second {
+		for _, key := range keys {
+			if _, err := list.PickServer(key); err != nil {
+				panic(err)
+			}
+		}
+		placed += len(keys)
+	}
+	fmt.Printf("keys_per_s=%f\n", float64(placed)/time.Since(start).Seconds())
 }

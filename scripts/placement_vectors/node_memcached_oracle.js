@@ -6,6 +6,8 @@
 // index of that server in the app's list, or -1 when the client refused the key.
 // With `--set` first (live_check.py), the client really stores each key instead and prints
 // 1 per stored key, -1 per refused one.
+// With PLACEMENT_TIMING=1 it prints only keys_per_s=N: the rate of the client's own
+// HashRing.get over the keys, repeated for at least a second (bench/placement.py).
 'use strict';
 const fs = require('fs');
 const Memcached = require('memcached');
@@ -34,6 +36,17 @@ client.connect = function record(server) {
   chosen = server;
 };
 const keys = fs.readFileSync(process.argv[2], 'utf8').split('\n').slice(0, -1);
+if (process.env.PLACEMENT_TIMING === '1') {
+  const start = process.hrtime.bigint();
+  const elapsed = () => Number(process.hrtime.bigint() - start) / 1e9;
+  let placed = 0;
+  while (elapsed() < 1) {
+    for (const key of keys) client.HashRing.get(key);
+    placed += keys.length;
+  }
+  process.stdout.write(`keys_per_s=${placed / elapsed()}\n`);
+  return;
+}
 const out = [];
 for (const key of keys) {
   chosen = null;

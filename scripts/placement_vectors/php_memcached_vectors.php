@@ -8,6 +8,8 @@
 // spell it (OPT_ without the prefix, lower case), values as true/false, numbers or the
 // constant's suffix in lower case (md5 → Memcached::HASH_MD5, consistent →
 // Memcached::DISTRIBUTION_CONSISTENT). Prints {"version": ..., "cases": {name: owners}}.
+// With PLACEMENT_TIMING=1 it prints per case only keys_per_s=N: the rate of
+// getServerByKey over the keys, repeated for at least a second (bench/placement.py).
 $live = $argv[1] === '--live';
 $args = $live ? array_slice($argv, 2) : array_slice($argv, 1);
 $keys = json_decode(file_get_contents($args[0]), true);
@@ -89,6 +91,18 @@ foreach ($cases as $case) {
     if (!$m->addServers($servers)) {
         fwrite(STDERR, "addServers failed: " . $m->getResultMessage() . "\n");
         exit(1);
+    }
+    if (getenv('PLACEMENT_TIMING') === '1') {
+        $start = hrtime(true);
+        $placed = 0;
+        while (hrtime(true) - $start < 1e9) {
+            foreach ($keys as $key) {
+                $m->getServerByKey($key);
+            }
+            $placed += count($keys);
+        }
+        echo 'keys_per_s=' . ($placed / ((hrtime(true) - $start) / 1e9)) . "\n";
+        continue;
     }
     $owners = [];
     foreach ($keys as $key) {

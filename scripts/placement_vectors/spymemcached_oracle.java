@@ -10,6 +10,9 @@
 // the app's list, or -1 when the client refuses the key. With `--set` first
 // (live_check.py), a MemcachedClient over the same factory really stores each key of the
 // first spec line instead and prints 1 per stored key, -1 per refused one.
+// With PLACEMENT_TIMING=1 it prints per spec line only keys_per_s=N: the rate of the
+// locator's own getPrimary over the keys, repeated for at least a second after one pass
+// to warm up (bench/placement.py).
 import java.lang.reflect.Proxy;
 import java.net.InetSocketAddress;
 import java.nio.charset.StandardCharsets;
@@ -123,6 +126,17 @@ class spymemcached_oracle {
       } else {
         located = new ConnectionFactoryBuilder().setLocatorType(locator).setHashAlg(hash)
             .build().createLocator(nodes);
+      }
+      if ("1".equals(System.getenv("PLACEMENT_TIMING"))) {
+        for (String key : keys) located.getPrimary(key);
+        long start = System.nanoTime();
+        long placed = 0;
+        while (System.nanoTime() - start < 1_000_000_000L) {
+          for (String key : keys) located.getPrimary(key);
+          placed += keys.size();
+        }
+        out.append("keys_per_s=").append(placed / ((System.nanoTime() - start) / 1e9)).append('\n');
+        continue;
       }
       StringBuilder row = new StringBuilder();
       for (String key : keys) {

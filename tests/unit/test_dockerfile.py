@@ -275,5 +275,7 @@ def test_build_context_holds_what_the_builder_copies() -> None:
         "invalidator/commands/cli.py",
         "invalidator/py.typed",
         "invalidator/hotpath/_hotpath.c",
+        "invalidator/hotpath/placement.c",
+        "invalidator/hotpath/placement.h",
     ]:
         assert in_build_context(source), source

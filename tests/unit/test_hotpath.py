@@ -345,6 +345,50 @@ def test_rules_on_two_pools_fill_each_pools_nodes() -> None:
     assert {slot.pool for slot in harness.hot.slots} == {"default", "all"}
 
 
+# Every client whose placement C reproduces from the Python placement's tables (HotSpec).
+CLIENT_POOLS: list[tuple[str, dict[str, Any]]] = [
+    ("pylibmc", {}),
+    ("pylibmc", {"ketama": True}),
+    ("pylibmc", {"ketama_weighted": True}),
+    ("pylibmc", {"hash": "murmur"}),
+    ("php-memcached", {"libketama_compatible": True}),
+    ("php-memcached", {"distribution": "consistent", "sort_hosts": True}),
+    ("python-memcached", {}),
+    ("dalli", {}),
+    ("spymemcached", {}),
+    ("spymemcached", {"locator": "consistent", "hash": "ketama"}),
+    ("spymemcached", {"locator": "consistent", "hash": "fnv1a_64"}),
+    ("gomemcache", {}),
+    ("node-memcached", {}),
+    ("node-memcached", {"algorithm": "sha1", "compatibility": "hash_ring"}),
+    ("memjs", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("client", "behaviors"), CLIENT_POOLS, ids=[f"{c}-{b}" for c, b in CLIENT_POOLS]
+)
+def test_pools_of_every_client_are_placed_in_c_as_plan_and_router_place_them(
+    client: str, behaviors: dict[str, Any]
+) -> None:
+    """Inserts, updates and deletes: each key on the node the client's placement names."""
+    servers = ["10.0.0.7:11211", "10.0.0.8:11212 2", "10.0.0.9:11211"]
+    if client not in ("pylibmc", "php-memcached", "python-memcached", "dalli", "node-memcached"):
+        servers = [s.split()[0] for s in servers]  # no weights, or all of them (spymemcached)
+    pool = {"servers": servers, "client": client, "behaviors": behaviors}
+    harness = Harness(
+        config({"default": pool}, [{"table": "t", "keys": ["t:{id}", "t_name:{name}"]}])
+    )
+    assert harness.hot.tables == ["public.t"]
+    for i, name in enumerate(random_keys(len(behaviors), 300)):
+        key = name[:240]  # "t_name:<key>" within memcached's 250 bytes
+        assert not harness.check(record("I", columns={"id": i, "name": key}))
+        assert not harness.check(
+            record("U", columns={"id": i, "name": key}, identity={"id": i + 1, "name": "x"})
+        )
+        assert not harness.check(record("D", identity={"id": i, "name": key}))
+
+
 # --- What HotPath hands to C --------------------------------------------------------------
 
 
@@ -416,6 +460,13 @@ def test_broadcast_pools_are_hashed_in_c_but_fallback_depth_is_not() -> None:
 def test_pools_with_non_ascii_node_names_are_left_to_python() -> None:
     pools = {"default": {"servers": ["cachë:11211", "b:2"]}}
     assert tables_for(pools, [{"table": "t", "keys": ["t:{id}"]}]) == []
+
+
+def test_pools_with_node_names_longer_than_c_keeps_are_left_to_python() -> None:
+    long_name = "a" * 190 + ".example:11211"
+    for client in ("pymemcache", "spymemcached"):
+        pools = {"default": {"servers": [long_name, "b:2"], "client": client}}
+        assert tables_for(pools, [{"table": "t", "keys": ["t:{id}"]}]) == [], client
 
 
 def test_discovered_pools_are_left_to_python() -> None:
@@ -608,9 +659,17 @@ PROPERTY_CONFIG = config(
     {
         "default": {"servers": ["a:1", "b:2", "c:3"]},
         "all": {"servers": ["x:1", "y:2"], "hashing": "broadcast"},
+        "ketama": {
+            "servers": ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"],
+            "client": "spymemcached",
+            "behaviors": {"locator": "consistent", "hash": "ketama"},
+        },
+        "modula": {"servers": ["p:1", "q:2 3", "r:3"], "client": "pylibmc"},
     },
     [
         {"table": "t1", "keys": ["t1:{id}", "t1_name:{name}"]},
+        {"table": "t5", "keys": ["t5:{id}", "t5_name:{name}"], "pool": "ketama"},
+        {"table": "t5", "keys": ["t5:{code}"], "pool": "modula"},
         {"table": "t2", "keys": ["t2:{id}:{code}"], "pool": "all"},
         {"table": "t2", "keys": ["t2:{id}:{code}", "t2_list"]},
         {"schema": "s", "table": "t3", "keys": ["{name}"], "on": ["insert", "delete"]},
@@ -741,8 +800,11 @@ def test_plain_records_of_the_generated_tables_are_consumed() -> None:
             record("U", "t2", columns={"id": i, "code": key}, identity={"id": i, "code": "c"})
         )
         consumed += not PROPERTY.check(record("D", "t3", "s", identity={"name": key}))
+        consumed += not PROPERTY.check(  # a ketama pool and a modula pool
+            record("I", "t5", columns={"id": i, "name": key, "code": f"c{i}"})
+        )
     PROPERTY.decoder.counts()
-    assert consumed == 600
+    assert consumed == 800
 
 
 # --- Transactions, commits and keepalives -------------------------------------------------

@@ -14,6 +14,7 @@ from invalidator.core.placement.broadcast import Broadcast
 from invalidator.core.placement.dalli import Dalli
 from invalidator.core.placement.gomemcache import GoMemcache
 from invalidator.core.placement.grace import GracePlacement
+from invalidator.core.placement.hot_spec import HotSpec, HotSpecified
 from invalidator.core.placement.libmemcached import Libmemcached
 from invalidator.core.placement.memjs import MemJS
 from invalidator.core.placement.node_memcached import NodeMemcached
@@ -28,6 +29,8 @@ __all__ = [
     "Dalli",
     "GoMemcache",
     "GracePlacement",
+    "HotSpec",
+    "HotSpecified",
     "Libmemcached",
     "MemJS",
     "NodeMemcached",

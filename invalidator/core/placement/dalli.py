@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.hot_spec import CONTINUUM_BELOW, HotSpec
 from invalidator.core.placement.servers import node_name, split_weight
 
 POINTS_PER_SERVER = 160
@@ -34,7 +35,7 @@ class Dalli:
             raise ValueError("dalli placement needs at least one server")
         entries = [split_weight(s) for s in servers]
         self.nodes = tuple(node_name(s) for s, _ in entries)
-        self.hot_mode: str | None = None
+        self.hot_mode: str | None = CONTINUUM_BELOW
         weights = [w or 1 for _, w in entries]
         total = sum(weights)
         points: list[tuple[int, str]] = []
@@ -45,6 +46,10 @@ class Dalli:
         points.sort(key=lambda point: point[0])
         self._values = [value for value, _ in points]
         self._owners = [node for _, node in points]
+
+    def hot_spec(self) -> HotSpec:
+        """The last point at or below the key's CRC-32, wrapping to the highest."""
+        return HotSpec.continuum(CONTINUUM_BELOW, "crc32", self._values, self._owners, self.nodes)
 
     def owners(self, key: str) -> tuple[str, ...]:
         if len(self.nodes) == 1:

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.hot_spec import MODULA, HotSpec
 from invalidator.core.placement.servers import node_name
 
 
@@ -26,7 +27,10 @@ class GoMemcache:
         if not servers:
             raise ValueError("gomemcache placement needs at least one server")
         self.nodes = tuple(node_name(s) for s in servers)
-        self.hot_mode: str | None = None
+        self.hot_mode: str | None = MODULA
+
+    def hot_spec(self) -> HotSpec:
+        return HotSpec.modula("crc32", len(self.nodes))
 
     def owners(self, key: str) -> tuple[str, ...]:
         if len(self.nodes) == 1:

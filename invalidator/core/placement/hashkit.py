@@ -186,3 +186,15 @@ NUMBER = {
     "jenkins": 9,
 }
 NAME = {number: name for name, number in NUMBER.items()}
+# The same functions as C computes them (hot_spec.KEY_HASHES), by memcached_hash_t value.
+HOT_NAME = {
+    0: "libmemcached_one_at_a_time",
+    1: "md5_le32",
+    2: "crc32_hi15",
+    3: "libmemcached_fnv1_64",
+    4: "libmemcached_fnv1a_64",
+    5: "libmemcached_fnv1_32",
+    6: "libmemcached_fnv1a_32",
+    8: "libmemcached_murmur",
+    9: "libmemcached_jenkins",
+}

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from invalidator.core.placement import hashkit
+from invalidator.core.placement import hot_spec as hot
 from invalidator.core.placement.servers import parse_server, split_weight
 
 DEFAULT_PORT = 11211
@@ -152,9 +153,9 @@ class Libmemcached:
             entries.sort(key=lambda e: (e[0].encode(), e[1]))
         self.settings = settings
         self._list = tuple(f"{host}:{port}" for host, port, _ in entries)
-        self.hot_mode: str | None = None
         self._hash = hashkit.BY_NUMBER[settings.key_hash]
         self._modula = settings.distribution == MODULA
+        self.hot_mode: str | None = hot.MODULA if self._modula else hot.CONTINUUM
         self._points: list[int] = []
         self._owners: list[str] = []
         if not self._modula and len(entries) > 1:
@@ -188,6 +189,16 @@ class Libmemcached:
         points.sort()
         self._points = [value for value, _ in points]
         self._owners = [self._list[index] for _, index in points]
+
+    def hot_spec(self) -> hot.HotSpec:
+        """C's lookup: the same hash over the same server list (maybe sorted) or continuum."""
+        key_hash = hashkit.HOT_NAME[self.settings.key_hash]
+        if self._modula:
+            index = {node: i for i, node in reversed(list(enumerate(self.nodes)))}
+            return hot.HotSpec(hot.MODULA, key_hash, (), tuple(index[n] for n in self._list))
+        return hot.HotSpec.continuum(
+            hot.CONTINUUM, key_hash, self._points, self._owners, self.nodes
+        )
 
     def owner(self, key: str) -> str:
         """The node libmemcached sends ``key`` to (``memcached_generate_hash``)."""

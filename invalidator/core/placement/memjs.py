@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.hot_spec import MODULA, HotSpec
 from invalidator.core.placement.java_string import hash_code, signed
 from invalidator.core.placement.servers import node_name
 
@@ -31,7 +32,10 @@ class MemJS:
         if not servers:
             raise ValueError("memjs placement needs at least one server")
         self.nodes = tuple(node_name(s) for s in servers)
-        self.hot_mode: str | None = None
+        self.hot_mode: str | None = MODULA
+
+    def hot_spec(self) -> HotSpec:
+        return HotSpec.modula("java_hashcode_abs", len(self.nodes))
 
     def owners(self, key: str) -> tuple[str, ...]:
         if len(self.nodes) == 1:

@@ -20,11 +20,14 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.hot_spec import CONTINUUM, HotSpec
 from invalidator.core.placement.servers import DEFAULT_PORT, node_name, parse_server, split_weight
 
 VNODES = 40
 ALGORITHMS = ("md5", "sha1", "sha224", "sha256", "sha384", "sha512")
 COMPATIBILITY = {"ketama": 4, "hash_ring": 3}
+# The algorithms whose key hash C computes (the others are placed by Python).
+_HOT_KEY_HASHES = {"md5": "md5_le32", "sha1": "sha1_le32"}
 
 
 def app_string(server: str) -> str:
@@ -66,7 +69,7 @@ class NodeMemcached:
             raise ValueError("node-memcached placement needs at least one server")
         entries = [split_weight(s) for s in servers]
         self.nodes = tuple(node_name(s) for s, _ in entries)
-        self.hot_mode: str | None = None
+        self.hot_mode: str | None = CONTINUUM if algorithm in _HOT_KEY_HASHES else None
         self._algorithm = algorithm
         replicas = COMPATIBILITY[compatibility]
         by_default_port = compatibility == "ketama"
@@ -83,6 +86,12 @@ class NodeMemcached:
         points.sort(key=lambda point: point[0])  # stable, as V8's sort
         self._values = [value for value, _ in points]
         self._owners = [self.nodes[index] for _, index in points]
+
+    def hot_spec(self) -> HotSpec | None:
+        key_hash = _HOT_KEY_HASHES.get(self._algorithm)
+        if key_hash is None:
+            return None
+        return HotSpec.continuum(CONTINUUM, key_hash, self._values, self._owners, self.nodes)
 
     def owners(self, key: str) -> tuple[str, ...]:
         if len(self.nodes) == 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
+from invalidator.core.placement.hot_spec import MODULA, HotSpec
 from invalidator.core.placement.servers import node_name, split_weight
 
 _SERVER_RETRIES = 10  # memcache.Client._SERVER_RETRIES
@@ -30,11 +31,19 @@ class PythonMemcached:
             raise ValueError("python-memcached placement needs at least one server")
         self.nodes = tuple(node_name(s) for s in servers)
         self.fallback_depth = fallback_depth
-        self.hot_mode: str | None = None
+        # the rehash chain of fallback_depth stays Python's
+        self.hot_mode: str | None = MODULA if fallback_depth == 0 else None
         buckets: list[str] = []
         for server, node in zip(servers, self.nodes, strict=True):
             buckets.extend([node] * (split_weight(server)[1] or 1))
         self._buckets = tuple(buckets)
+
+    def hot_spec(self) -> HotSpec | None:
+        """C's lookup: the same hash, modulo the same buckets (no fallback_depth)."""
+        if self.hot_mode is None:
+            return None
+        index = {node: i for i, node in reversed(list(enumerate(self.nodes)))}
+        return HotSpec(MODULA, "crc32_hi15", (), tuple(index[n] for n in self._buckets))
 
     def owner(self, key: str) -> str:
         """The node ``Client._get_server`` picks for ``key`` while it answers."""

@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from invalidator.core.placement.hot_spec import CONTINUUM, MODULA, HotSpec
 from invalidator.core.placement.java_string import hash_code, utf16_units
 from invalidator.core.placement.servers import node_name, parse_server, split_weight
 
@@ -66,6 +67,18 @@ HASHES: dict[str, Callable[[str], int]] = {
     "fnv1_32": _fnv(_FNV_32_INIT, _FNV_32_PRIME, _M32, xor_first=False),
     "fnv1a_32": _fnv(_FNV_32_INIT, _FNV_32_PRIME, _M32, xor_first=True),
     "ketama": _ketama,
+}
+
+
+# The same hashes as C computes them (invalidator/core/placement/hot_spec.py KEY_HASHES).
+_HOT_KEY_HASHES = {
+    "native": "java_hashcode",
+    "crc": "crc32_hi15",
+    "fnv1_64": "fnv1_64_utf16",
+    "fnv1a_64": "fnv1a_64_utf16",
+    "fnv1_32": "fnv1_32_utf16",
+    "fnv1a_32": "fnv1a_32_utf16",
+    "ketama": "md5_le32",
 }
 
 
@@ -126,9 +139,10 @@ class Spymemcached:
             raise ValueError("spymemcached placement needs at least one server")
         entries = [split_weight(s) for s in servers]
         self.nodes = tuple(node_name(s) for s, _ in entries)
-        self.hot_mode: str | None = None
         self._hash = HASHES[hash_name]
+        self._hot_key_hash = _HOT_KEY_HASHES[hash_name]
         self._consistent = locator == "consistent"
+        self.hot_mode: str | None = CONTINUUM if self._consistent else MODULA
         weights = [w for _, w in entries]
         if any(w is not None for w in weights):
             if not self._consistent:
@@ -161,6 +175,13 @@ class Spymemcached:
                 continuum[position] = node
         self._points = sorted(continuum)
         self._owners = [continuum[p] for p in self._points]
+
+    def hot_spec(self) -> HotSpec:
+        if not self._consistent:
+            return HotSpec.modula(self._hot_key_hash, len(self.nodes))
+        return HotSpec.continuum(
+            CONTINUUM, self._hot_key_hash, self._points, self._owners, self.nodes
+        )
 
     def owners(self, key: str) -> tuple[str, ...]:
         value = self._hash(key)
