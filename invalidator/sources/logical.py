@@ -12,7 +12,7 @@ pending, the server's WAL end is confirmed so quiet tables do not pin WAL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from invalidator.config import SourceConfig
@@ -27,7 +27,7 @@ from invalidator.sources.base import Feed, Session
 from invalidator.sources.catalog import Admin
 from invalidator.sources.continuity import Continuity, marker_status
 from invalidator.sources.partitions import PartitionWatcher
-from invalidator.sources.postgres import ReplicationStream, WalPosition, stream_options
+from invalidator.sources.postgres import PLUGIN, ReplicationStream, WalPosition, stream_options
 from invalidator.sources.replication import ProtocolError, XLogData, parse_message
 from invalidator.sources.wal2json import decode_v2
 
@@ -52,6 +52,7 @@ class LogicalSource:
     """``source.kind: wal2json``: the slot, its setup and its sessions."""
 
     kind = "wal2json"
+    plugin = PLUGIN
 
     def __init__(self, config: SourceConfig, dsn: str):
         self.config = config
@@ -63,7 +64,7 @@ class LogicalSource:
         self.continuity = Continuity(self.admin, config.slot, config.on_gap)
 
     def setup(self) -> str:
-        created = self.admin.create_slot(self.slot)
+        created = self.admin.create_slot(self.slot, self.plugin)
         tracked = self.continuity.store.ensure()
         note = "" if tracked else f"; continuity not tracked: {self.continuity.store.unavailable}"
         return f"slot {self.slot}: {'created' if created else 'already exists'}{note}"
@@ -95,16 +96,22 @@ class LogicalSource:
         record["continuity"] = marker_status(marker, store.unavailable)
         return record, status.exists
 
-    def open(self, feed: Feed) -> Session:
+    def prepare_slot(self, feed: Feed) -> str | None:
+        """Before streaming: the continuity check (the gap to answer, or None), then the
+        slot, created unless ``create_slot`` is false."""
         gap = self.continuity.check(feed.log, feed.gap)
         if self.config.create_slot:
-            if self.admin.create_slot(self.slot):
-                feed.log.info("replication slot created", slot=self.slot)
+            if self.admin.create_slot(self.slot, self.plugin):
+                feed.log.info("replication slot created", slot=self.slot, plugin=self.plugin)
         elif not self.admin.slot_status(self.slot).exists:
             raise SourceError(
                 f"slot {self.slot} does not exist and create_slot is false "
                 "(run `invalidator setup`)"
             )
+        return gap
+
+    def open(self, feed: Feed) -> Session:
+        gap = self.prepare_slot(feed)
         watched = set(feed.rules.tables)
         partitions = self.admin.partitions(watched)
         feed.set_rules(feed.rules.with_partitions(partitions))
@@ -118,30 +125,27 @@ class LogicalSource:
         self.wal.close()
 
 
-class LogicalSession:
-    """One START_REPLICATION session."""
+class SlotSession:
+    """One START_REPLICATION session on a slot, whatever the plugin: the stream, the
+    acknowledgement bookkeeping, status updates, continuity and the lag. Subclasses read
+    (``read``) and say whether a transaction is open (``in_transaction``)."""
 
     def __init__(
         self,
         source: LogicalSource,
         feed: Feed,
-        tables: Iterable[TableName] | None,
+        options: dict[str, str],
         gap: str | None = None,
+        on_notice: Callable[[str, str], None] | None = None,
     ):
         self.source = source
         self.feed = feed
-        self.stream = ReplicationStream(
-            source.dsn, source.slot, stream_options(tables), self._notice
-        )
+        self.stream = ReplicationStream(source.dsn, source.slot, options, on_notice)
         start = source.admin.slot_status(source.slot)
         self.tracker = AckTracker(
             lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
         )
         self.stream.open(0)  # the server resumes at the slot's confirmed position
-        # A fresh decoder per session: whatever the last one held (an open transaction,
-        # unharvested requests of a failed session) is replayed by the server.
-        self.hot: HotPath | None = None
-        self.hot_version = -1
         self.wal_end = 0
         self.buffered_data = False
         self.hold_until = 0.0
@@ -165,9 +169,18 @@ class LogicalSession:
             source.continuity.resolved(self.tracker.confirmed)
         feed.streaming(
             slot=source.slot,
+            plugin=source.plugin,
             tables=len(feed.rules.tables),
             resume_lsn=start.confirmed_flush_lsn,
         )
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (its commit not seen yet): never confirm the WAL end."""
+        raise NotImplementedError
+
+    def take_counts(self) -> None:
+        """Hand change counts kept by a decoder to the metrics (none by default)."""
 
     def fileno(self) -> int:
         return self.stream.fileno()
@@ -177,6 +190,76 @@ class LogicalSession:
 
     def buffered(self) -> bool:
         return self.buffered_data
+
+    # -- acknowledging --------------------------------------------------------------------
+
+    def after_turn(self, now: float) -> float:
+        tracker = self.tracker
+        finished = tracker.advance()
+        if finished:
+            self.feed.acknowledged(commit_times(finished))
+        # Never confirm the server's WAL end inside a transaction (its commit may lie
+        # before that end): only when nothing is open or pending.
+        if not self.in_transaction and tracker.pending == 0 and self.wal_end:
+            tracker.idle_advance(self.wal_end)
+        moved = tracker.confirmed != self.sent_position
+        if (moved and now - self.last_status >= STATUS_MIN_GAP) or (
+            now - self.last_status >= STATUS_INTERVAL
+        ):
+            self.stream.send_status(tracker.confirmed)
+            self.sent_position = tracker.confirmed
+            self.last_status = now
+            moved = False
+        gap_work = self.gap_work
+        if gap_work is not None and gap_work.outstanding <= 0:
+            self.gap_work = None
+            self.source.continuity.resolved(tracker.confirmed)
+            self.feed.log.info("gap answered; continuity restored", reason=self.gap)
+        elif gap_work is None:
+            self.source.continuity.save(now, tracker.confirmed)
+        if now - self.last_lag >= LAG_INTERVAL:
+            self.last_lag = now
+            try:
+                self.server_end = self.source.wal.current()
+            except SourceError as exc:
+                self.feed.log.warning("lag unknown", error=str(exc))
+        wait = max(0.0, self.hold_until - now) if now < self.hold_until else STATUS_INTERVAL
+        if moved:
+            # A status update deferred by the rate limit is due soon: wake for it.
+            wait = min(wait, max(0.0, self.last_status + STATUS_MIN_GAP - now))
+        return wait
+
+    def progress(self) -> tuple[int, int]:
+        self.take_counts()
+        return self.tracker.confirmed, max(self.server_end, self.wal_end)
+
+    def close(self) -> None:
+        try:
+            if self.tracker.confirmed:
+                self.tracker.advance()
+                self.stream.send_status(self.tracker.confirmed)
+        except SourceError:
+            pass
+        finally:
+            self.take_counts()
+            self.stream.close()
+
+
+class LogicalSession(SlotSession):
+    """A wal2json session: batches through the C hot path, the rest through ``plan()``."""
+
+    def __init__(
+        self,
+        source: LogicalSource,
+        feed: Feed,
+        tables: Iterable[TableName] | None,
+        gap: str | None = None,
+    ):
+        # A fresh decoder per session: whatever the last one held (an open transaction,
+        # unharvested requests of a failed session) is replayed by the server.
+        self.hot: HotPath | None = None
+        self.hot_version = -1
+        super().__init__(source, feed, stream_options(tables), gap, self._notice)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -276,61 +359,13 @@ class LogicalSession:
         for index, kind, count in hot.decoder.counts():
             self.feed.count_changes(hot.tables[index], kind, count)
 
-    # -- acknowledging --------------------------------------------------------------------
-
-    def after_turn(self, now: float) -> float:
-        tracker = self.tracker
-        finished = tracker.advance()
-        if finished:
-            self.feed.acknowledged(commit_times(finished))
-        # Never confirm the server's WAL end inside a transaction (its commit may lie
-        # before that end): only when nothing is open or pending.
-        in_txn = self.hot is not None and self.hot.in_transaction
-        if not in_txn and tracker.pending == 0 and self.wal_end:
-            tracker.idle_advance(self.wal_end)
-        moved = tracker.confirmed != self.sent_position
-        if (moved and now - self.last_status >= STATUS_MIN_GAP) or (
-            now - self.last_status >= STATUS_INTERVAL
-        ):
-            self.stream.send_status(tracker.confirmed)
-            self.sent_position = tracker.confirmed
-            self.last_status = now
-            moved = False
-        gap_work = self.gap_work
-        if gap_work is not None and gap_work.outstanding <= 0:
-            self.gap_work = None
-            self.source.continuity.resolved(tracker.confirmed)
-            self.feed.log.info("gap answered; continuity restored", reason=self.gap)
-        elif gap_work is None:
-            self.source.continuity.save(now, tracker.confirmed)
-        if now - self.last_lag >= LAG_INTERVAL:
-            self.last_lag = now
-            try:
-                self.server_end = self.source.wal.current()
-            except SourceError as exc:
-                self.feed.log.warning("lag unknown", error=str(exc))
-        wait = max(0.0, self.hold_until - now) if now < self.hold_until else STATUS_INTERVAL
-        if moved:
-            # A status update deferred by the rate limit is due soon: wake for it.
-            wait = min(wait, max(0.0, self.last_status + STATUS_MIN_GAP - now))
-        return wait
-
-    def progress(self) -> tuple[int, int]:
+    def take_counts(self) -> None:
         if self.hot is not None:
             self._take_counts(self.hot)
-        return self.tracker.confirmed, max(self.server_end, self.wal_end)
 
-    def close(self) -> None:
-        try:
-            if self.tracker.confirmed:
-                self.tracker.advance()
-                self.stream.send_status(self.tracker.confirmed)
-        except SourceError:
-            pass
-        finally:
-            if self.hot is not None:
-                self._take_counts(self.hot)
-            self.stream.close()
+    @property
+    def in_transaction(self) -> bool:
+        return self.hot is not None and self.hot.in_transaction
 
     def _notice(self, severity: str, message: str) -> None:
         """wal2json reports dropped changes only as notices: count and log them."""

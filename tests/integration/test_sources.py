@@ -33,7 +33,7 @@ RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
 wait_gone = partial(_wait_gone, timeout=15.0)
 
 
-@pytest.fixture(params=["wal2json", "notify"])
+@pytest.fixture(params=["wal2json", "pgoutput", "notify"])
 def source(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
