@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from invalidator.config import NO_DSN, Config
 from invalidator.config.build import compile_rules, node_addresses
-from invalidator.core.rules import CompiledRule
+from invalidator.core.rules import CompiledRule, RuleSet
 from invalidator.errors import InvalidatorError, NodeError
 from invalidator.sinks.memcached.client import NodeConnection
 from invalidator.sinks.memcached.protocol import VERSION_REQUEST
 from invalidator.sinks.memcached.tls import node_connectors
-from invalidator.sources.catalog import Admin
+from invalidator.sources.catalog import Admin, TableFacts
 from invalidator.sources.postgres import PLUGIN
+from invalidator.sources.publication import Publication, no_identity_error, wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,7 @@ def online_findings(config: Config, source: str) -> list[Finding]:
         if level != "logical":
             findings.append(Finding("error", "database", f"wal_level is {level}, needs logical"))
         # wal2json is an output plugin, not an extension: probe it with a temporary slot.
+        plugin = "pgoutput" if config.source.kind == "pgoutput" else PLUGIN
         probe = admin.query(
             "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (config.source.slot,)
         )
@@ -146,16 +148,18 @@ def online_findings(config: Config, source: str) -> list[Finding]:
                 admin.query(
                     "SELECT pg_create_logical_replication_slot('invalidator_check_probe',"
                     " %s, true)",
-                    (PLUGIN,),
+                    (plugin,),
                 )
             except InvalidatorError as exc:
                 findings.append(
-                    Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")
+                    Finding("error", "database", f"cannot use the {plugin} plugin: {exc}")
                 )
         rules = compile_rules(config)
+        facts_by_table: dict[tuple[str, str], TableFacts] = {}
         for rule in rules.rules:
             where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
             facts = admin.table_facts(rule.schema, rule.table)
+            facts_by_table[(rule.schema, rule.table)] = facts
             if not facts.exists:
                 findings.append(Finding("error", f"{where}: table", "no such table"))
                 continue
@@ -172,9 +176,13 @@ def online_findings(config: Config, source: str) -> list[Finding]:
             for name in (rule.when_changed or ()) + (rule.json_columns or ()):
                 if name not in facts.columns:
                     findings.append(Finding("error", f"{where}", f"unknown column {name}"))
+            if config.source.kind == "pgoutput" and not facts.identity_columns:
+                continue  # publication_findings says why the table cannot be published
             findings.extend(
                 _old_row_findings(rule, where, facts.replica_identity, facts.identity_columns)
             )
+        if config.source.kind == "pgoutput":
+            findings.extend(publication_findings(config, source, admin, facts_by_table))
     except InvalidatorError as exc:
         findings.append(Finding("error", "database", str(exc)))
     connectors = node_connectors(config)
@@ -186,4 +194,87 @@ def online_findings(config: Config, source: str) -> list[Finding]:
             findings.append(Finding("error", f"memcached node {node}", exc.reason))
         finally:
             conn.close()
+    return findings
+
+
+def publication_findings(
+    config: Config, source: str, admin: Admin, facts: dict[tuple[str, str], TableFacts]
+) -> list[Finding]:
+    """pgoutput: free replication slots, tables that cannot be published (no replica
+    identity), and whether the publication exists and covers every column a rule reads
+    (``run`` and ``setup`` create it or bring it in step: a difference is what they would
+    change, an error when a rule would miss columns until then)."""
+    findings: list[Finding] = []
+    name = config.source.publication_name
+    where = f"{source}: source.publication ({name})"
+    used, limit, have_slot = admin.query(
+        "SELECT (SELECT count(*) FROM pg_replication_slots),"
+        " current_setting('max_replication_slots')::int,"
+        " EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+        (config.source.slot,),
+    )[0]
+    if not have_slot and used >= limit:
+        findings.append(
+            Finding(
+                "error",
+                "database",
+                f"max_replication_slots is {limit} and {used} are in use: no slot left for "
+                f"{config.source.slot}",
+            )
+        )
+    rules = compile_rules(config)
+    for table, table_facts in facts.items():
+        if table_facts.exists and not table_facts.identity_columns:
+            findings.append(Finding("error", where, no_identity_error(table, table_facts)))
+    usable = {t: f for t, f in facts.items() if f.identity_columns or not f.exists}
+    publishable = RuleSet(tuple(r for r in rules.rules if (r.schema, r.table) in usable))
+    target = wanted(publishable, usable)
+    published = Publication(admin, name).read()
+    if not published.exists:
+        findings.append(
+            Finding("warning", where, "does not exist yet: `invalidator setup` or `run` creates it")
+        )
+        return findings
+    for rule in rules.rules:
+        table = (rule.schema, rule.table)
+        if table not in target:
+            continue
+        rule_where = f"{source}: rules[{rule.index}] (table {rule.qualified_table})"
+        if table not in published.tables:
+            findings.append(
+                Finding("error", rule_where, f"not in publication {name} (setup or run adds it)")
+            )
+            continue
+        columns = published.tables[table]
+        if columns is None:
+            continue
+        missing = sorted(rule.columns & facts[table].columns - set(columns))
+        if missing:
+            findings.append(
+                Finding(
+                    "error",
+                    rule_where,
+                    f"publication {name} publishes only {', '.join(columns)}: the rule reads "
+                    f"{', '.join(missing)} too (setup or run adds them)",
+                )
+            )
+    if published.tables != target:
+        extra = sorted(".".join(t) for t in set(published.tables) - set(target))
+        detail = f"; it also publishes {', '.join(extra)}" if extra else ""
+        findings.append(
+            Finding(
+                "warning",
+                where,
+                f"differs from the tables and columns the rules read{detail} "
+                "(setup or run brings it in step)",
+            )
+        )
+    if not (published.via_root and published.publishes_all):
+        findings.append(
+            Finding(
+                "warning",
+                where,
+                "does not publish every operation through partition roots (setup or run sets it)",
+            )
+        )
     return findings
