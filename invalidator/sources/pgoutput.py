@@ -27,12 +27,21 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from invalidator.core.changes import Begin, Change, Commit, Event, Message, int_to_lsn
+from invalidator.core.changes import (
+    Begin,
+    Change,
+    Commit,
+    Event,
+    Message,
+    int_to_lsn,
+    lsn_to_int,
+)
 from invalidator.errors import DecodeError
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -320,3 +329,38 @@ class PgOutputDecoder:
     def _end(reader: _Reader) -> None:
         if reader.pos != len(reader.data):
             raise DecodeError("trailing bytes after the message")
+
+
+# The capture format (README, `invalidator replay --help`): one message per line, its LSN
+# and its bytes in hex, separated by one space; `#` lines are comments. It is what
+#   psql -At -F ' ' -c "SELECT lsn, encode(data, 'hex') FROM
+#     pg_logical_slot_peek_binary_changes('SLOT', NULL, NULL,
+#     'proto_version', '1', 'publication_names', 'PUB')"
+# prints (pg_recvlogical's raw binary output has no framing).
+CAPTURE_LINE = re.compile(r"([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}) ([0-9A-Fa-f]*)")
+
+
+def is_capture_line(line: str) -> bool:
+    """Whether the first line of a file says it is a pgoutput capture (not wal2json)."""
+    text = line.strip()
+    return text.startswith("#") or CAPTURE_LINE.fullmatch(text) is not None
+
+
+def read_capture(lines: Iterable[str], source: str) -> Iterator[Event]:
+    """Decode a pgoutput capture; errors are DecodeErrors located at ``source:line``."""
+    decoder = PgOutputDecoder()
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = CAPTURE_LINE.fullmatch(line)
+        try:
+            if match is None:
+                raise DecodeError("not '<LSN> <hex bytes>' (a pgoutput capture line)")
+            try:
+                payload = bytes.fromhex(match[2])
+            except ValueError:
+                raise DecodeError("odd number of hex digits") from None
+            yield from decoder.decode(payload, lsn_to_int(match[1]))
+        except DecodeError as exc:
+            raise exc.at(source, number) from None
