@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -247,10 +247,11 @@ def wait_confirmed(
 class DaemonProcess(daemon_process.DaemonProcess):
     """tests/daemon_process.py's DaemonProcess as the bench scripts drive it.
 
-    Its config: wal2json, one rendezvous pool, log level warning (the figures must not pay
-    for info lines), ``--drain-timeout``. ``start()`` only starts: the scripts time /readyz
-    with ``wait_ready()`` (30 s at most). ``stop()`` lets the daemon drain: SIGTERM, 20 s,
-    then SIGKILL. The log file is also called ``stderr_path`` here.
+    Its config: wal2json (or ``source``'s settings), one rendezvous pool, log level warning
+    (the figures must not pay for info lines), ``--drain-timeout``. ``start()`` only
+    starts: the scripts time /readyz with ``wait_ready()`` (30 s at most). ``stop()`` lets
+    the daemon drain: SIGTERM, 20 s, then SIGKILL. The log file is also called
+    ``stderr_path`` here.
     """
 
     def __init__(
@@ -264,6 +265,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
         create_slot: bool = True,
         drain_timeout: float = 5.0,
         tls: dict[str, str] | None = None,
+        source: Mapping[str, Any] | None = None,
     ):
         port = free_port()
         config = write_config(
@@ -275,8 +277,8 @@ class DaemonProcess(daemon_process.DaemonProcess):
             port=port,
             pool={"hashing": "rendezvous", **({"tls": tls} if tls else {})},
             log_level="warning",
-            kind="wal2json",
             create_slot=create_slot,
+            **{"kind": "wal2json", **(source or {})},
         )
         super().__init__(
             config,
@@ -369,8 +371,10 @@ class Bench:
         rules: Sequence[dict[str, Any]],
         *,
         create_slot: bool = True,
+        source: Mapping[str, Any] | None = None,
     ) -> DaemonProcess:
-        """A DaemonProcess for this cluster and pool (not started); stopped on exit."""
+        """A DaemonProcess for this cluster and pool (not started); stopped on exit.
+        ``source`` adds source settings (default ``kind: wal2json``)."""
         proc = DaemonProcess(
             dsn=self.cluster.dsn(),
             slot=slot,
@@ -379,6 +383,7 @@ class Bench:
             workdir=self.workdir,
             create_slot=create_slot,
             tls=self.tls.pool_tls() if self.tls is not None else None,
+            source=source,
         )
         self.defer(proc.stop)
         return proc

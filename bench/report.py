@@ -1,7 +1,7 @@
 """Run every benchmark, then print one summary table and write it to bench/results/.
 
-Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak) runs
-as its own subprocess with ``--json``; its output is shown as it runs and kept in
+Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak, tls,
+plugins) runs as its own subprocess with ``--json``; its output is shown as it runs and kept in
 ``bench/results/latest.log``. At the end: one table (figure, ours, reference, ratio or
 target, met?) on stdout, the same table as Markdown with the machine and the date in
 ``bench/results/latest.md``, every figure in ``bench/results/latest.json``, and latency
@@ -77,6 +77,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             ),
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
+            Step("plugins", "plugins.py", ["--txns", "100", "--rows", "100000"]),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -88,6 +89,8 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("latency", "latency.py", []),
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
         Step("tls", "tls.py", ["--rounds", "3"]),
+        # 1,000,000 changes through each of four readers, rounds rotating the order.
+        Step("plugins", "plugins.py", ["--txns", "1000", "--repeat", "2"]),
     ]
 
 
@@ -413,6 +416,43 @@ def tls_rows(data: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def plugins_rows(data: dict[str, Any]) -> list[Row]:
+    """wal2json against pgoutput on one WAL (bench/plugins.py): drains and walsender CPU."""
+    rate = data["changes_per_s"]
+    cpu = data["walsender_cpu_s_per_million"]
+    ratio = rate["daemon-pgoutput"] / rate["recv-pgoutput"]
+    return [
+        [
+            "pgoutput: daemon drain changes/s",
+            fmt_int(rate["daemon-pgoutput"]),
+            f"{fmt_int(rate['recv-pgoutput'])} (pg_recvlogical pgoutput)",
+            f"{ratio:.2f}x (target {RATIO_TARGET})",
+            yes(ratio >= RATIO_TARGET),
+        ],
+        [
+            "pgoutput: daemon drain vs the daemon on wal2json",
+            fmt_int(rate["daemon-pgoutput"]),
+            f"{fmt_int(rate['daemon-wal2json'])} (daemon wal2json)",
+            f"{rate['daemon-pgoutput'] / rate['daemon-wal2json']:.2f}x",
+            "-",
+        ],
+        [
+            "walsender CPU s per 1M changes, pgoutput (pg_recvlogical)",
+            fmt_num(cpu["recv-pgoutput"], 2),
+            f"{fmt_num(cpu['recv-wal2json'], 2)} (wal2json)",
+            f"{cpu['recv-pgoutput'] / cpu['recv-wal2json']:.2f}x",
+            "-",
+        ],
+        [
+            "walsender CPU s per 1M changes, pgoutput (daemon)",
+            fmt_num(cpu["daemon-pgoutput"], 2),
+            f"{fmt_num(cpu['daemon-wal2json'], 2)} (wal2json)",
+            f"{cpu['daemon-pgoutput'] / cpu['daemon-wal2json']:.2f}x",
+            "-",
+        ],
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -422,6 +462,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "placement": placement_rows,
     "hotpath": hotpath_rows,
     "tls": tls_rows,
+    "plugins": plugins_rows,
 }
 ORDER = [
     "throughput",
@@ -432,6 +473,7 @@ ORDER = [
     "placement",
     "hotpath",
     "tls",
+    "plugins",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 
