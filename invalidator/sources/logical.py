@@ -126,9 +126,12 @@ class LogicalSource:
 
 
 class SlotSession:
-    """One START_REPLICATION session on a slot, whatever the plugin: the stream, the
-    acknowledgement bookkeeping, status updates, continuity and the lag. Subclasses read
-    (``read``) and say whether a transaction is open (``in_transaction``)."""
+    """One START_REPLICATION session on a slot, whatever the plugin: the stream, batches
+    through the C hot path (built for the plugin: ``pgoutput``), the acknowledgement
+    bookkeeping, status updates, continuity and the lag. Subclasses decode and plan what
+    C declines (``_declined``)."""
+
+    pgoutput = False  # the C decoder reads pgoutput messages, not wal2json records
 
     def __init__(
         self,
@@ -140,6 +143,10 @@ class SlotSession:
     ):
         self.source = source
         self.feed = feed
+        # A fresh decoder per session: whatever the last one held (an open transaction,
+        # unharvested requests of a failed session) is replayed by the server.
+        self.hot: HotPath | None = None
+        self.hot_version = -1
         self.stream = ReplicationStream(source.dsn, source.slot, options, on_notice)
         start = source.admin.slot_status(source.slot)
         self.tracker = AckTracker(
@@ -174,13 +181,95 @@ class SlotSession:
             resume_lsn=start.confirmed_flush_lsn,
         )
 
+    # -- reading --------------------------------------------------------------------------
+
+    def read(self, ready: bool, now: float) -> None:
+        if not ready:
+            return
+        hot = self._decoder()
+        limit = READ_BATCH_BACKLOG if self.buffered_data else READ_BATCH
+        raw = self.stream.read_raw(limit)
+        # A full batch may leave messages in libpq's buffer, which the socket will not
+        # signal again: read again on the next turn without waiting.
+        self.buffered_data = len(raw) == limit
+        self._feed(hot, raw)
+        decoder = hot.decoder
+        self.wal_end = max(self.wal_end, decoder.wal_end)
+        if decoder.take_reply_requested():
+            self.last_status = 0.0
+        if not self.buffered_data and self.server_end - decoder.position > BACKLOG_BYTES:
+            self.hold_until = now + BACKLOG_COALESCE
+
+    def _decoder(self) -> HotPath:
+        feed = self.feed
+        if self.hot is None or self.hot_version != feed.version:
+            previous = self.hot
+            if previous is not None:
+                self._take_counts(previous)
+            hot = HotPath(feed.rules, feed.placements(), pgoutput=self.pgoutput)
+            hot.carry_over(previous)
+            self.hot = hot  # even with no table of its own: it tracks B/C for Python
+            self.hot_version = feed.version
+        return self.hot
+
+    def _feed(self, hot: HotPath, raw: list[Any]) -> None:
+        """Run a batch through the C decoder; what it declines goes through ``plan()``,
+        after the decoder's work so far (so per-node order is kept)."""
+        feed_many = hot.decoder.feed_many
+        i = 0
+        end = len(raw)
+        while i < end:
+            i = feed_many(raw, i)
+            if i == end:
+                break
+            self._harvest(hot)
+            try:
+                message = parse_message(raw[i])
+            except ProtocolError as exc:
+                raise SourceError(f"replication protocol: {exc}") from None
+            if type(message) is XLogData:
+                self._declined(hot, message)
+            i += 1
+        self._harvest(hot)
+
+    def _harvest(self, hot: HotPath) -> None:
+        """The decoder's requests and commits since the last harvest become one unit of
+        work: confirmable up to its last commit once every node acknowledged it."""
+        requests, commits, open_work = hot.decoder.harvest()
+        if not requests and not commits:
+            return
+        tracker = self.tracker
+        unit = tracker.begin()
+        slots = hot.slots
+        batch_ops = hot.batch_ops
+        submit = self.feed.submit_batch
+        for index, blob, count in requests:
+            submit(slots[index].node, batch_ops[index], blob, count, unit)
+        times = tuple(t for _, t in commits if t is not None)
+        tracker.commit(
+            unit,
+            commits[-1][0] if commits else 0,
+            # A transaction still streaming has no commit time: never "before a restart".
+            None if open_work or len(times) < len(commits) else max(times, default=None),
+        )
+        unit.commit_times = times
+
+    def _declined(self, hot: HotPath, message: XLogData) -> None:
+        """A message C left to Python: decode it, plan it, account it (per plugin)."""
+        raise NotImplementedError
+
+    def _take_counts(self, hot: HotPath) -> None:
+        for index, kind, count in hot.decoder.counts():
+            self.feed.count_changes(hot.tables[index], kind, count)
+
+    def take_counts(self) -> None:
+        if self.hot is not None:
+            self._take_counts(self.hot)
+
     @property
     def in_transaction(self) -> bool:
         """A transaction is open (its commit not seen yet): never confirm the WAL end."""
-        raise NotImplementedError
-
-    def take_counts(self) -> None:
-        """Hand change counts kept by a decoder to the metrics (none by default)."""
+        return self.hot is not None and self.hot.in_transaction
 
     def fileno(self) -> int:
         return self.stream.fileno()
@@ -255,84 +344,7 @@ class LogicalSession(SlotSession):
         tables: Iterable[TableName] | None,
         gap: str | None = None,
     ):
-        # A fresh decoder per session: whatever the last one held (an open transaction,
-        # unharvested requests of a failed session) is replayed by the server.
-        self.hot: HotPath | None = None
-        self.hot_version = -1
         super().__init__(source, feed, stream_options(tables), gap, self._notice)
-
-    # -- reading --------------------------------------------------------------------------
-
-    def read(self, ready: bool, now: float) -> None:
-        if not ready:
-            return
-        hot = self._decoder()
-        limit = READ_BATCH_BACKLOG if self.buffered_data else READ_BATCH
-        raw = self.stream.read_raw(limit)
-        # A full batch may leave messages in libpq's buffer, which the socket will not
-        # signal again: read again on the next turn without waiting.
-        self.buffered_data = len(raw) == limit
-        self._feed(hot, raw)
-        decoder = hot.decoder
-        self.wal_end = max(self.wal_end, decoder.wal_end)
-        if decoder.take_reply_requested():
-            self.last_status = 0.0
-        if not self.buffered_data and self.server_end - decoder.position > BACKLOG_BYTES:
-            self.hold_until = now + BACKLOG_COALESCE
-
-    def _decoder(self) -> HotPath:
-        feed = self.feed
-        if self.hot is None or self.hot_version != feed.version:
-            previous = self.hot
-            if previous is not None:
-                self._take_counts(previous)
-            hot = HotPath(feed.rules, feed.placements())
-            hot.carry_over(previous)
-            self.hot = hot  # even with no table of its own: it tracks B/C for Python
-            self.hot_version = feed.version
-        return self.hot
-
-    def _feed(self, hot: HotPath, raw: list[Any]) -> None:
-        """Run a batch through the C decoder; what it declines goes through ``plan()``,
-        after the decoder's work so far (so per-node order is kept)."""
-        feed_many = hot.decoder.feed_many
-        i = 0
-        end = len(raw)
-        while i < end:
-            i = feed_many(raw, i)
-            if i == end:
-                break
-            self._harvest(hot)
-            try:
-                message = parse_message(raw[i])
-            except ProtocolError as exc:
-                raise SourceError(f"replication protocol: {exc}") from None
-            if type(message) is XLogData:
-                self._declined(hot, message)
-            i += 1
-        self._harvest(hot)
-
-    def _harvest(self, hot: HotPath) -> None:
-        """The decoder's requests and commits since the last harvest become one unit of
-        work: confirmable up to its last commit once every node acknowledged it."""
-        requests, commits, open_work = hot.decoder.harvest()
-        if not requests and not commits:
-            return
-        tracker = self.tracker
-        unit = tracker.begin()
-        slots = hot.slots
-        batch_ops = hot.batch_ops
-        submit = self.feed.submit_batch
-        for index, blob, count in requests:
-            submit(slots[index].node, batch_ops[index], blob, count, unit)
-        times = tuple(t for _, t in commits if t is not None)
-        tracker.commit(
-            unit,
-            commits[-1][0] if commits else 0,
-            # A transaction still streaming has no commit time: never "before a restart".
-            None if open_work or len(times) < len(commits) else max(times, default=None),
-        )
-        unit.commit_times = times
 
     def _declined(self, hot: HotPath, message: XLogData) -> None:
         """A record C left to Python: a unit of its own (C consumes every well-formed B
@@ -354,18 +366,6 @@ class LogicalSession(SlotSession):
             self.tracker.commit(unit, message.data_start, parse_timestamp(event.timestamp or ""))
             return
         self.tracker.commit(unit, 0, None)
-
-    def _take_counts(self, hot: HotPath) -> None:
-        for index, kind, count in hot.decoder.counts():
-            self.feed.count_changes(hot.tables[index], kind, count)
-
-    def take_counts(self) -> None:
-        if self.hot is not None:
-            self._take_counts(self.hot)
-
-    @property
-    def in_transaction(self) -> bool:
-        return self.hot is not None and self.hot.in_transaction
 
     def _notice(self, severity: str, message: str) -> None:
         """wal2json reports dropped changes only as notices: count and log them."""

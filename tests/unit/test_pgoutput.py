@@ -13,6 +13,7 @@ from invalidator.errors import DecodeError
 from invalidator.hotpath._hotpath import parse_timestamp
 from invalidator.sources.pgoutput import PgOutputDecoder, text_value
 from invalidator.sources.wal2json import decode_v2
+from tests.pgoutput_bytes import U, cstr, insert, relation, tupledata
 
 TEXT, INT4, INT8, BOOL, BYTEA, FLOAT8, NUMERIC, JSONB, TIMESTAMPTZ = (
     25,
@@ -27,39 +28,6 @@ TEXT, INT4, INT8, BOOL, BYTEA, FLOAT8, NUMERIC, JSONB, TIMESTAMPTZ = (
 )
 
 
-def cstr(text: str) -> bytes:
-    return text.encode() + b"\0"
-
-
-def relation(
-    oid: int,
-    schema: str,
-    table: str,
-    columns: list[tuple[str, int, bool]],
-    identity: str = "d",
-) -> bytes:
-    out = b"R" + struct.pack("!I", oid) + cstr(schema) + cstr(table) + identity.encode()
-    out += struct.pack("!H", len(columns))
-    for name, type_oid, key in columns:
-        out += bytes([1 if key else 0]) + cstr(name) + struct.pack("!Ii", type_oid, -1)
-    return out
-
-
-def tupledata(*values: str | bytes | None) -> bytes:
-    """'t' text for str, 'n' for None, b"u" for an unchanged TOAST value."""
-    out = struct.pack("!H", len(values))
-    for value in values:
-        if value is None:
-            out += b"n"
-        elif value == b"u":
-            out += b"u"
-        else:
-            assert isinstance(value, str)
-            data = value.encode()
-            out += b"t" + struct.pack("!I", len(data)) + data
-    return out
-
-
 BIG = "123456789012345678901234567890.123456789"
 USERS = relation(16384, "public", "users", [("id", INT4, True), ("email", TEXT, False)])
 
@@ -70,10 +38,6 @@ def decoded(*messages: bytes) -> list[object]:
     for message in messages:
         events.extend(decoder.decode(message, 0x16B3748))
     return events
-
-
-def insert(oid: int, *values: str | bytes | None) -> bytes:
-    return b"I" + struct.pack("!I", oid) + b"N" + tupledata(*values)
 
 
 def test_begin_and_commit_carry_xid_positions_and_timestamp() -> None:
@@ -141,7 +105,7 @@ def test_delete_with_key_and_with_old_tuple() -> None:
 
 def test_unchanged_toast_is_absent_like_wal2json() -> None:
     """'u' leaves the column out of the row (never None): plan() takes it from the old row."""
-    update = b"U" + struct.pack("!I", 16384) + b"N" + tupledata("7", b"u")
+    update = b"U" + struct.pack("!I", 16384) + b"N" + tupledata("7", U)
     (change,) = decoded(USERS, update)
     assert change.new == {"id": 7}
 
