@@ -16,16 +16,22 @@ each one is found through ``pg_replication_slots.active_pid`` and its CPU read f
 ``/proc/<pid>/stat`` (utime + stime): for the daemon once the end is confirmed (the
 walsender is still there), for pg_recvlogical at its last sample before it exits
 (sampled every 20 ms: at most that much CPU is missed). Rounds rotate the order
-(``--repeat``). Figures only, never assertions.
+(``--repeat``). With ``--latency RATE``, bench/latency.py then runs once per plugin
+(``--kind``, pgbench single-row UPDATEs at that rate, no pg_recvlogical reference): commit
+-> key gone, p50 and p99. Figures only, never assertions.
 Usage: python bench/plugins.py [--rows 200000] [--txns 200] [--txn-rows 1000] [--repeat 1]
+       [--latency 5000] [--samples 300] [--load-seconds 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -98,18 +104,42 @@ def drain(bench: Bench, way: str, slot: str, end_lsn: str, timeout: float) -> di
     if way.startswith("recv"):
         options = RECV_OPTIONS if way.endswith("wal2json") else PGOUTPUT_OPTIONS
         seconds = run_recvlogical(bench, slot, end_lsn, options, on_start=lambda _: sampler.start())
-        return {"seconds": seconds, "walsender_cpu": sampler.finish(), "daemon_cpu": None}
+        return {
+            "seconds": seconds,
+            "ready_s": 0.0,
+            "walsender_cpu": sampler.finish(),
+            "daemon_cpu": None,
+        }
     source = {"kind": "pgoutput", "publication": PUBLICATION} if way.endswith("pgoutput") else {}
     sampler.start()
     result = run_daemon(bench, slot, lsn_to_int(end_lsn), timeout, source, sampler.finish)
     return {
         "seconds": result["seconds"],
+        "ready_s": result["ready"],
         "walsender_cpu": result["extra"],
         "daemon_cpu": result["cpu"] - result["cpu_ready"],
         "deletes": sum(result["deletes"].values()),
         "unbuildable": result["unbuildable"],
         "errors": result["errors"],
     }
+
+
+def latency(kind: str, args: argparse.Namespace) -> dict[str, float]:
+    """bench/latency.py at ``--latency`` tps with the daemon on ``kind``: p50/p99 ms."""
+    rate = str(args.latency)
+    with tempfile.TemporaryDirectory(prefix="pgci-bench-plugins-") as tmp:
+        out = Path(tmp) / "latency.json"
+        argv = [sys.executable, str(Path(__file__).with_name("latency.py")), "--kind", kind]
+        argv += ["--rates", rate, "--lag-rate", rate, "--no-reference"]
+        argv += ["--samples", str(args.samples), "--load-seconds", str(args.load_seconds)]
+        argv += ["--lag-seconds", str(args.load_seconds), "--json", str(out)]
+        print(f"-- latency.py --kind {kind} at -R {rate}", flush=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+            raise SystemExit(f"latency.py --kind {kind} failed with exit code {proc.returncode}")
+        phase = json.loads(out.read_text())["phases"][0]
+    return {"p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"]}
 
 
 def main() -> None:
@@ -120,6 +150,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (rotating order)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per daemon drain")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--latency", type=int, metavar="RATE", help="also latency at RATE tps")
+    parser.add_argument("--samples", type=int, default=300, help="latency probe samples")
+    parser.add_argument("--load-seconds", type=int, default=10, help="latency load window")
     args = parser.parse_args()
 
     with Bench() as bench:
@@ -166,7 +199,13 @@ def main() -> None:
     rate = {way: changes / med(way, "seconds") for way in WAYS}
     cpu = {way: med(way, "walsender_cpu") / changes * 1e6 for way in WAYS}
     rows = [
-        [way, fmt_num(med(way, "seconds"), 3), fmt_int(rate[way]), fmt_num(cpu[way], 2)]
+        [
+            way,
+            fmt_num(med(way, "seconds"), 3),
+            fmt_num(med(way, "ready_s"), 3) if way[0] == "d" else "-",
+            fmt_int(rate[way]),
+            fmt_num(cpu[way], 2),
+        ]
         + ([fmt_num(med(way, "daemon_cpu") / changes * 1e6, 2)] if way[0] == "d" else ["-"])
         for way in WAYS
     ]
@@ -175,6 +214,7 @@ def main() -> None:
         [
             "drain (median of rounds)",
             "seconds",
+            "of which start-up to /readyz",
             "changes/s",
             "walsender CPU s / 1M changes",
             "daemon CPU s / 1M",
@@ -187,9 +227,22 @@ def main() -> None:
         "daemon-pgoutput / daemon-wal2json": rate["daemon-pgoutput"] / rate["daemon-wal2json"],
         "recv-pgoutput / recv-wal2json": rate["recv-pgoutput"] / rate["recv-wal2json"],
         "walsender CPU wal2json / pgoutput (recv)": cpu["recv-wal2json"] / cpu["recv-pgoutput"],
+        "daemon-pgoutput after /readyz / recv-pgoutput": med("recv-pgoutput", "seconds")
+        / (med("daemon-pgoutput", "seconds") - med("daemon-pgoutput", "ready_s")),
     }
     print()
     print_table(["ratio (changes/s)", "value"], [[k, fmt_num(v, 2)] for k, v in ratios.items()])
+    latencies = {}
+    if args.latency:
+        latencies = {kind: latency(kind, args) for kind in ("wal2json", "pgoutput")}
+        print()
+        print_table(
+            [f"commit -> key gone at -R {args.latency:,}", "p50 ms", "p99 ms"],
+            [
+                [f"daemon-{k}", fmt_num(v["p50_ms"], 2), fmt_num(v["p99_ms"], 2)]
+                for k, v in latencies.items()
+            ],
+        )
     print(f"\n{len(rounds)} round(s); load average at the end (1/5/15 min): {load()}")
     write_json(
         args.json,
@@ -200,6 +253,8 @@ def main() -> None:
             "changes_per_s": rate,
             "walsender_cpu_s_per_million": cpu,
             "ratios": ratios,
+            "latency_rate": args.latency,
+            "latency": latencies,
         },
     )
 

@@ -77,7 +77,11 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
             ),
             Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
             Step("tls", "tls.py", ["--rounds", "1", "--txns", "100", "--rows", "100000"]),
-            Step("plugins", "plugins.py", ["--txns", "100", "--rows", "100000"]),
+            Step(
+                "plugins",
+                "plugins.py",
+                ["--txns", "100", "--rows", "100000", "--latency", "5000", "--samples", "150"],
+            ),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -90,7 +94,7 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("soak", "soak.py", ["--seconds", f"{soak_seconds:g}", "--interval", "5"]),
         Step("tls", "tls.py", ["--rounds", "3"]),
         # 1,000,000 changes through each of four readers, rounds rotating the order.
-        Step("plugins", "plugins.py", ["--txns", "1000", "--repeat", "2"]),
+        Step("plugins", "plugins.py", ["--txns", "1000", "--repeat", "2", "--latency", "5000"]),
     ]
 
 
@@ -450,6 +454,16 @@ def plugins_rows(data: dict[str, Any]) -> list[Row]:
             f"{cpu['daemon-pgoutput'] / cpu['daemon-wal2json']:.2f}x",
             "-",
         ],
+    ] + [
+        [
+            f"pgoutput: commit -> key gone at {data['latency_rate']:,} tps, {q} ms",
+            fmt_num(data["latency"]["pgoutput"][f"{q}_ms"], 2),
+            f"{fmt_num(data['latency']['wal2json'][f'{q}_ms'], 2)} (wal2json)",
+            "-",
+            "-",
+        ]
+        for q in ("p50", "p99")
+        if data.get("latency")
     ]
 
 
