@@ -208,9 +208,13 @@ class SlotSession:
                 self._take_counts(previous)
             hot = HotPath(feed.rules, feed.placements(), pgoutput=self.pgoutput)
             hot.carry_over(previous)
+            self._prime(hot)
             self.hot = hot  # even with no table of its own: it tracks B/C for Python
             self.hot_version = feed.version
         return self.hot
+
+    def _prime(self, hot: HotPath) -> None:
+        """Tell a new C decoder what the stream said before it existed (none by default)."""
 
     def _feed(self, hot: HotPath, raw: list[Any]) -> None:
         """Run a batch through the C decoder; what it declines goes through ``plan()``,

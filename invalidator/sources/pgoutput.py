@@ -163,6 +163,7 @@ class PgOutputDecoder:
 
     def __init__(self) -> None:
         self.relations: dict[int, Relation] = {}
+        self.relation_messages: dict[int, bytes] = {}  # the last R message of each relation
         self.xid: int | None = None
         self.in_transaction = False
         self.commit_end = 0  # end LSN of the last commit (what to confirm once it is done)
@@ -220,7 +221,8 @@ class PgOutputDecoder:
             self.commit_time = commit_time(when)
             return [Commit(xid, int_to_lsn(commit_lsn), int_to_lsn(end_lsn), timestamp_text(when))]
         if kind == 0x52:  # R
-            self._read_relation(reader)
+            oid = self._read_relation(reader)
+            self.relation_messages[oid] = bytes(payload)
             return []
         if kind == 0x59:  # Y
             reader.unpack(_I32)
@@ -251,7 +253,7 @@ class PgOutputDecoder:
             )
         raise DecodeError(f"unknown pgoutput message type {chr(kind)!r}")
 
-    def _read_relation(self, reader: _Reader) -> None:
+    def _read_relation(self, reader: _Reader) -> int:
         (oid,) = reader.unpack(_REL_HEAD)
         schema = reader.cstring() or "pg_catalog"
         table = reader.cstring()
@@ -274,6 +276,7 @@ class PgOutputDecoder:
         self.relations[oid] = Relation(
             oid, schema, table, identity, tuple(columns), tuple(types), tuple(key)
         )
+        return int(oid)
 
     def _relation(self, reader: _Reader) -> Relation:
         (oid,) = reader.unpack(_REL_HEAD)

@@ -26,6 +26,8 @@ from invalidator.sources.publication import Publication, qualified
 from invalidator.sources.replication import XLogData
 
 PLUGIN = "pgoutput"
+# An XLogData header (positions 0) around a stored Relation message, to replay it into C.
+RELATION_HEADER = b"w" + bytes(24)
 PROTO_VERSION = "1"
 
 
@@ -91,6 +93,12 @@ class PgOutputSession(SlotSession):
         # declines every Relation message, so this one learns them all too.
         self.decoder = PgOutputDecoder()
         super().__init__(source, feed, stream_options(source.publication.name), gap)
+
+    def _prime(self, hot: HotPath) -> None:
+        """A C decoder rebuilt mid-session (rules or pool members changed) learns the
+        relations announced so far: the server does not send them again."""
+        for payload in self.decoder.relation_messages.values():
+            hot.decoder.feed(RELATION_HEADER + payload)
 
     def _declined(self, hot: HotPath, message: XLogData) -> None:
         """A message C left to Python: a unit of its own (a Relation message, a change C

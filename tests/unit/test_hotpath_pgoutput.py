@@ -290,3 +290,20 @@ def test_short_and_unknown_messages_are_declined(message: bytes) -> None:
     harness = fixture_harness()
     assert harness.decoder.feed(message) is True
     assert harness.take() == {}
+
+
+def test_a_rebuilt_decoder_primed_with_the_stored_relations_consumes_again() -> None:
+    """Rules or pool members change mid-session: the new C decoder gets the Relation
+    messages the Python decoder kept (the server does not resend them) and takes rows."""
+    harness = fixture_harness()
+    rows = []
+    for payload in messages(FIXTURES / "multi_tx.pgoutput"):
+        harness.check(payload)
+        if payload[:1] == b"I":
+            rows.append(payload)
+    rebuilt = fixture_harness()
+    assert rebuilt.decoder.feed(xlog(rows[0])) is True  # no relation known yet
+    for stored in harness.python_decoder.relation_messages.values():
+        rebuilt.decoder.feed(b"w" + bytes(24) + stored)
+    rebuilt.python_decoder = harness.python_decoder
+    assert [rebuilt.check(row) for row in rows] == [False] * len(rows)
