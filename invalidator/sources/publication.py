@@ -163,6 +163,25 @@ class Publication:
         )
         return done
 
+    def covers(self, rules: RuleSet) -> bool:
+        """The publication exists and publishes every operation of every table and column
+        the rules need, perhaps more: streaming from it misses nothing, even where ``sync``
+        may not alter it to exactly that (only a table's owner may add it)."""
+        facts = self.facts(rules)
+        target = wanted(rules, facts)
+        current = self.read()
+        if not current.exists or not current.publishes_all:
+            return False
+        if not current.via_root and any(f.partitioned for f in facts.values()):
+            return False
+        for table, columns in target.items():
+            if table not in current.tables:
+                return False
+            have = current.tables[table]
+            if have is not None and (columns is None or not set(columns) <= set(have)):
+                return False
+        return True
+
     def drop(self) -> bool:
         if not self.read().exists:
             return False

@@ -161,3 +161,35 @@ def test_check_reports_a_publication_that_misses_a_rules_columns(
     proc.cli("setup")
     after = proc.cli("check").stdout.splitlines()
     assert [line for line in after if "publication" in line] == [], after
+
+
+def test_a_role_that_may_not_alter_the_publication_streams_from_one_that_covers_the_rules(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+) -> None:
+    """Managed databases: the owner created the publication with more columns than the
+    rules read; the daemon's role may not alter it, warns, and streams from it."""
+    schema(pg_db)
+    role = f"inval_{pg_db.name}"
+    pg_db.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+    pg_db.execute(f"GRANT SELECT ON users, orders TO {role}")
+    pg_db.execute("CREATE PUBLICATION pgo FOR TABLE users (id, email, name), orders")
+    proc = DaemonProcess.create(
+        tmp_path,
+        dsn=pg_db.cluster.dsn(pg_db.name, role),
+        slot="pgo",
+        servers=memcached.servers,
+        rules=RULES,
+        kind="pgoutput",
+    )
+    try:
+        proc.start()
+        app.set("user_by_email:x@example.com", "cached")
+        pg_db.execute("INSERT INTO users VALUES (1, 'x@example.com', 'x', 'b')")
+        assert wait_gone(app, ["user_by_email:x@example.com"]) == []
+        assert "publication left as it is" in proc.log_path.read_text()
+        assert published(pg_db, "pgo")["public.users"] == ["email", "id", "name"]
+    finally:
+        proc.stop()
+        pg_db.execute("SELECT pg_drop_replication_slot('pgo')")
+        pg_db.execute(f"DROP OWNED BY {role}")
+        pg_db.execute(f"DROP ROLE {role}")
