@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -247,10 +247,11 @@ def wait_confirmed(
 class DaemonProcess(daemon_process.DaemonProcess):
     """tests/daemon_process.py's DaemonProcess as the bench scripts drive it.
 
-    Its config: wal2json, one rendezvous pool, log level warning (the figures must not pay
-    for info lines), ``--drain-timeout``. ``start()`` only starts: the scripts time /readyz
-    with ``wait_ready()`` (30 s at most). ``stop()`` lets the daemon drain: SIGTERM, 20 s,
-    then SIGKILL. The log file is also called ``stderr_path`` here.
+    Its config: wal2json (or ``source``'s settings), one rendezvous pool, log level warning
+    (the figures must not pay for info lines), ``--drain-timeout``. ``start()`` only
+    starts: the scripts time /readyz with ``wait_ready()`` (30 s at most). ``stop()`` lets
+    the daemon drain: SIGTERM, 20 s, then SIGKILL. The log file is also called
+    ``stderr_path`` here.
     """
 
     def __init__(
@@ -265,6 +266,7 @@ class DaemonProcess(daemon_process.DaemonProcess):
         drain_timeout: float = 5.0,
         tls: dict[str, str] | None = None,
         pool: dict[str, Any] | None = None,
+        source: Mapping[str, Any] | None = None,
     ):
         port = free_port()
         config = write_config(
@@ -280,8 +282,8 @@ class DaemonProcess(daemon_process.DaemonProcess):
                 **(pool or {}),
             },
             log_level="warning",
-            kind="wal2json",
             create_slot=create_slot,
+            **{"kind": "wal2json", **(source or {})},
         )
         super().__init__(
             config,
@@ -377,9 +379,11 @@ class Bench:
         pool: dict[str, Any] | None = None,
         dsn: str | None = None,
         servers: Sequence[str] | None = None,
+        source: Mapping[str, Any] | None = None,
     ) -> DaemonProcess:
         """A DaemonProcess for this cluster (or ``dsn``) and pool (``pool``: more pool
-        settings; ``servers``: other than the pool's), not started; stopped on exit."""
+        settings; ``servers``: other than the pool's; ``source``: source settings, default
+        ``kind: wal2json``), not started; stopped on exit."""
         proc = DaemonProcess(
             dsn=dsn or self.cluster.dsn(),
             pool=pool,
@@ -389,6 +393,7 @@ class Bench:
             workdir=self.workdir,
             create_slot=create_slot,
             tls=self.tls.pool_tls() if self.tls is not None else None,
+            source=source,
         )
         self.defer(proc.stop)
         return proc

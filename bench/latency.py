@@ -21,9 +21,10 @@ to a pipe that this script reads, timestamping each chunk: the sample is commit 
 the changed row's line received. The daemon then restarts on its slot and catches up.
 Figures only, never assertions.
 With ``--tls`` the memcached nodes speak TLS only (``-Z``), the daemon's pool has ``tls`` and the
-probe's clients use the test CA.
+probe's clients use the test CA. ``--kind pgoutput`` runs the daemon on the pgoutput source
+(the reference stays pg_recvlogical with wal2json).
 Usage: python bench/latency.py [--samples 500] [--rates 5000,10000,20000] [--load-seconds 20]
-       [--tls]
+       [--tls] [--kind wal2json|pgoutput]
 """
 
 from __future__ import annotations
@@ -303,7 +304,8 @@ class Run:
         bench.defer(self.others.stop)
 
     def start_daemon(self, create_slot: bool) -> float:
-        daemon = self.bench.daemon(SLOT, RULES, create_slot=create_slot)
+        source = {"kind": self.args.kind} if self.args.kind != "wal2json" else None
+        daemon = self.bench.daemon(SLOT, RULES, create_slot=create_slot, source=source)
         daemon.stderr_path = self.bench.workdir / f"daemon-{SLOT}-{len(self.daemons) + 1}.stderr"
         self.daemons.append(daemon)
         self.daemon = daemon
@@ -456,6 +458,12 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument(
         "--tls", action="store_true", help="memcached -Z nodes, pool tls (the probe too)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=["wal2json", "pgoutput"],
+        default="wal2json",
+        help="the daemon's source.kind (pgoutput: it creates its publication at start)",
     )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r.strip()]

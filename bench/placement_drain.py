@@ -92,7 +92,7 @@ def main() -> None:
             for p in order:
                 label, pool = POOLS[p]
                 started = time.perf_counter()
-                result = run_daemon(bench, names[p], end, args.timeout, pool)
+                result = run_daemon(bench, names[p], end, args.timeout, pool=pool)
                 if result["errors"] or result["unbuildable"]:
                     raise BenchError(f"{label}: memcached errors or unbuildable keys")
                 rates[label].append(changes / result["seconds"])

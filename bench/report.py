@@ -1,12 +1,12 @@
 """Run every benchmark, then print one summary table and write it to bench/results/.
 
-Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak,
-placement_drain, ...) runs as its own subprocess with ``--json``; its output is shown as it
-runs and kept in ``bench/results/latest.log``. At the end: one table (figure, ours,
-reference, ratio or target, met?) on stdout, the same table as Markdown with the machine and
-the date in ``bench/results/latest.md``, every figure in ``bench/results/latest.json``, and
-latency percentiles against load in ``bench/results/latency.png`` (needs matplotlib; skipped
-with a message when it is missing).
+Each script (placement, hotpath, startup, throughput, big_transaction, latency, soak, tls,
+replicas, vanished_node, placement_drain, plugins) runs as its own subprocess with
+``--json``; its output is shown as it runs and kept in ``bench/results/latest.log``. At the
+end: one table (figure, ours, reference, ratio or target, met?) on stdout, the same table as
+Markdown with the machine and the date in ``bench/results/latest.md``, every figure in
+``bench/results/latest.json``, and latency percentiles against load in
+``bench/results/latency.png`` (needs matplotlib; skipped with a message when it is missing).
 
 The machine may be shared: a watcher samples /proc every second and reports, per step, the
 CPU used by processes that are not this run's (other test suites, other daemons).
@@ -84,6 +84,11 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
                 "placement_drain.py",
                 ["--rows", "50000", "--txns", "50", "--repeat", "1"],
             ),
+            Step(
+                "plugins",
+                "plugins.py",
+                ["--txns", "100", "--rows", "100000", "--latency", "5000", "--samples", "150"],
+            ),
         ]
     return [
         Step("placement", "placement.py", []),
@@ -98,6 +103,8 @@ def steps(quick: bool, soak_seconds: float) -> list[Step]:
         Step("replicas", "replicas.py", []),
         Step("vanished_node", "vanished_node.py", []),
         Step("placement_drain", "placement_drain.py", []),
+        # 1,000,000 changes through each of four readers, rounds rotating the order.
+        Step("plugins", "plugins.py", ["--txns", "1000", "--repeat", "2", "--latency", "5000"]),
     ]
 
 
@@ -498,6 +505,53 @@ def vanished_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def plugins_rows(data: dict[str, Any]) -> list[Row]:
+    """wal2json against pgoutput on one WAL (bench/plugins.py): drains and walsender CPU."""
+    rate = data["changes_per_s"]
+    cpu = data["walsender_cpu_s_per_million"]
+    ratio = rate["daemon-pgoutput"] / rate["recv-pgoutput"]
+    return [
+        [
+            "pgoutput: daemon drain changes/s",
+            fmt_int(rate["daemon-pgoutput"]),
+            f"{fmt_int(rate['recv-pgoutput'])} (pg_recvlogical pgoutput)",
+            f"{ratio:.2f}x (target {RATIO_TARGET})",
+            yes(ratio >= RATIO_TARGET),
+        ],
+        [
+            "pgoutput: daemon drain vs the daemon on wal2json",
+            fmt_int(rate["daemon-pgoutput"]),
+            f"{fmt_int(rate['daemon-wal2json'])} (daemon wal2json)",
+            f"{rate['daemon-pgoutput'] / rate['daemon-wal2json']:.2f}x",
+            "-",
+        ],
+        [
+            "walsender CPU s per 1M changes, pgoutput (pg_recvlogical)",
+            fmt_num(cpu["recv-pgoutput"], 2),
+            f"{fmt_num(cpu['recv-wal2json'], 2)} (wal2json)",
+            f"{cpu['recv-pgoutput'] / cpu['recv-wal2json']:.2f}x",
+            "-",
+        ],
+        [
+            "walsender CPU s per 1M changes, pgoutput (daemon)",
+            fmt_num(cpu["daemon-pgoutput"], 2),
+            f"{fmt_num(cpu['daemon-wal2json'], 2)} (wal2json)",
+            f"{cpu['daemon-pgoutput'] / cpu['daemon-wal2json']:.2f}x",
+            "-",
+        ],
+    ] + [
+        [
+            f"pgoutput: commit -> key gone at {data['latency_rate']:,} tps, {q} ms",
+            fmt_num(data["latency"]["pgoutput"][f"{q}_ms"], 2),
+            f"{fmt_num(data['latency']['wal2json'][f'{q}_ms'], 2)} (wal2json)",
+            "-",
+            "-",
+        ]
+        for q in ("p50", "p99")
+        if data.get("latency")
+    ]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "throughput": throughput_rows,
     "latency": latency_rows,
@@ -510,6 +564,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "replicas": replica_rows,
     "vanished_node": vanished_rows,
     "placement_drain": placement_drain_rows,
+    "plugins": plugins_rows,
 }
 ORDER = [
     "throughput",
@@ -523,6 +578,7 @@ ORDER = [
     "replicas",
     "vanished_node",
     "placement_drain",
+    "plugins",
 ]
 HEADERS = ["figure", "ours", "reference", "ratio or target", "met?"]
 

@@ -81,7 +81,15 @@ def generate_backlog(bench: Bench, rows: int, txns: int, txn_rows: int) -> int:
     return changed
 
 
-def run_recvlogical(bench: Bench, slot: str, endpos: str) -> float:
+def run_recvlogical(
+    bench: Bench,
+    slot: str,
+    endpos: str,
+    options: list[str] = RECV_OPTIONS,
+    on_start: Any = None,
+) -> float:
+    """Seconds from start until pg_recvlogical exits at ``endpos`` (``-o`` each of
+    ``options``); ``on_start(proc)`` runs while it streams (e.g. to sample its walsender)."""
     argv = [
         bench.cluster.bin("pg_recvlogical"),
         "-d",
@@ -90,30 +98,44 @@ def run_recvlogical(bench: Bench, slot: str, endpos: str) -> float:
         slot,
         "--start",
     ]
-    for option in RECV_OPTIONS:
+    for option in options:
         argv += ["-o", option]
     argv += ["--endpos", endpos, "--no-loop", "-f", "/dev/null"]
     start = time.perf_counter()
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         argv,
         env=clean_env(),
         stdin=subprocess.DEVNULL,
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        check=False,
     )
+    if on_start is not None:
+        on_start(proc)
+    try:
+        _, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise BenchError("pg_recvlogical did not reach --endpos within 600 s") from None
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise BenchError(f"pg_recvlogical failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        raise BenchError(f"pg_recvlogical failed (exit {proc.returncode}): {stderr.strip()}")
     return elapsed
 
 
 def run_daemon(
-    bench: Bench, slot: str, end: int, timeout: float, pool: dict[str, Any] | None = None
+    bench: Bench,
+    slot: str,
+    end: int,
+    timeout: float,
+    source: dict[str, Any] | None = None,
+    on_drained: Any = None,
+    pool: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One daemon (``pool``: more pool settings) draining ``slot`` up to ``end``."""
-    daemon = bench.daemon(slot, RULES, create_slot=False, pool=pool)
+    """Drain the backlog with the daemon (``source`` settings: default wal2json; ``pool``:
+    more pool settings); ``on_drained()`` runs once the end is confirmed, before the daemon
+    stops."""
+    daemon = bench.daemon(slot, RULES, create_slot=False, source=source, pool=pool)
     state: dict[str, Any] = {"ready": None, "cpu_ready": None}
 
     def tick(now: float) -> None:
@@ -126,6 +148,7 @@ def run_daemon(
         done = wait_confirmed(conn, slot, end, timeout=timeout, daemon=daemon, tick=tick)
     elapsed = done - daemon.started_at
     cpu = daemon.cpu_seconds()
+    extra = on_drained() if on_drained is not None else None
     if state["ready"] is None:  # drained before the first /readyz poll answered
         state["ready"] = daemon.wait_ready()
         state["cpu_ready"] = daemon.cpu_seconds()
@@ -148,6 +171,7 @@ def run_daemon(
         "seen": seen,
         "hwm_mb": rss_kb / 1024,
         "exit": code,
+        "extra": extra,
     }
 
 

@@ -1,12 +1,14 @@
-"""Capture real wal2json output for the test fixtures.
+"""Capture real wal2json and pgoutput output for the test fixtures.
 
 Usage: python scripts/make_fixtures.py OUTDIR      (``make fixtures`` writes tests/fixtures)
 
 Starts a throwaway PostgreSQL cluster (tests/services.py), and for every scenario: creates a
-fresh database, runs the setup SQL (not captured), creates a wal2json logical slot, runs the
-scenario SQL and reads the slot with pg_recvlogical. Writes OUTDIR/<scenario>.jsonl (exactly
-what pg_recvlogical wrote), OUTDIR/<scenario>.sql (setup + scenario, for readers) and
-OUTDIR/README.md.
+fresh database, runs the setup SQL (not captured), creates a pgoutput slot (with its
+publications) and a wal2json logical slot, runs the scenario SQL and reads the wal2json slot
+with pg_recvlogical, the pgoutput slot with pg_logical_slot_peek_binary_changes. Writes
+OUTDIR/<scenario>.jsonl (exactly what pg_recvlogical wrote), OUTDIR/<scenario>.pgoutput
+(the same changes in the pgoutput capture format `invalidator replay` reads),
+OUTDIR/<scenario>.sql (setup + scenario, for readers) and OUTDIR/README.md.
 """
 
 from __future__ import annotations
@@ -54,6 +56,64 @@ V1_OPTIONS = {
 }
 
 MAIN = "main"
+
+#: The pgoutput captures: protocol 1 with logical messages, through two publications:
+#: ``fx_pub`` publishes every operation of the tables that have a replica identity,
+#: ``fx_pub_insert`` only INSERT and TRUNCATE of those without one (a publication that
+#: publishes their UPDATE/DELETE makes those statements fail). Tables are published
+#: directly, so partitions' changes name the partition, as wal2json's do.
+PGOUTPUT_OPTIONS = {
+    "proto_version": "1",
+    "publication_names": "fx_pub,fx_pub_insert",
+    "messages": "true",
+}
+
+
+def create_publications(cluster: PostgresCluster, dbname: str) -> None:
+    tables = cluster.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname),"
+        " c.relreplident = 'f' OR (c.relreplident = 'd' AND EXISTS (SELECT 1 FROM pg_index i"
+        "   WHERE i.indrelid = c.oid AND i.indisprimary))"
+        " OR (c.relreplident = 'i' AND EXISTS (SELECT 1 FROM pg_index i"
+        "   WHERE i.indrelid = c.oid AND i.indisreplident))"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+        dbname=dbname,
+    )
+    full = [name for name, identity in tables if identity]
+    insert_only = [name for name, identity in tables if not identity]
+    for publication, names, publish in (
+        ("fx_pub", full, "insert, update, delete, truncate"),
+        ("fx_pub_insert", insert_only, "insert, truncate"),
+    ):
+        listed = f" FOR TABLE {', '.join(names)}" if names else ""
+        cluster.execute(
+            f"CREATE PUBLICATION {publication}{listed} WITH (publish = '{publish}')",
+            dbname=dbname,
+        )
+
+
+def read_pgoutput(cluster: PostgresCluster, dbname: str, slot: str, path: Path) -> list[str]:
+    """Every message of the slot so far, in the capture format; writes ``path``."""
+    options = ", ".join(f"'{k}', '{v}'" for k, v in PGOUTPUT_OPTIONS.items())
+    rows = cluster.execute(
+        "SELECT lsn::text, encode(data, 'hex') FROM"
+        f" pg_logical_slot_peek_binary_changes(%s, NULL, NULL, {options})",
+        [slot],
+        dbname=dbname,
+    )
+    lines = [f"{lsn} {data}" for lsn, data in rows]
+    header = "# pgoutput capture: " + _options_text(PGOUTPUT_OPTIONS)
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return lines
+
+
+def summarize_pgoutput(lines: list[str]) -> str:
+    kinds: Counter[str] = Counter()
+    for line in lines:
+        kinds[chr(int(line.split(" ", 1)[1][:2], 16))] += 1
+    return ", ".join(f"{kind}: {count}" for kind, count in kinds.items())
 
 
 @dataclass(frozen=True)
@@ -424,6 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     Decoding("fx_basic_users_v1", V1_OPTIONS, outdir / "basic_users.v1.json"),
                 ]
+            create_publications(cluster, dbname)
+            pgoutput_slot = f"fx_{scenario.name}_pgoutput"
+            cluster.execute(
+                "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')",
+                [pgoutput_slot],
+                dbname=dbname,
+            )
             captures = capture_wal2json_many(
                 cluster, dbname, [run_steps(cluster, dbname, scenario.steps)], decodings
             )
@@ -444,6 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"| `{decoding.output.name}` | {len(capture.lines)} | {summary} "
                     f"| `{_options_text(dict(decoding.options))}` |"
                 )
+            pgoutput_path = outdir / f"{scenario.name}.pgoutput"
+            pgoutput_lines = read_pgoutput(cluster, dbname, pgoutput_slot, pgoutput_path)
+            cluster.drop_replication_slot(pgoutput_slot)
+            readme_rows.append(
+                f"| `{pgoutput_path.name}` | {len(pgoutput_lines) + 1} "
+                f"| {summarize_pgoutput(pgoutput_lines)} | `{_options_text(PGOUTPUT_OPTIONS)}` |"
+            )
             cluster.drop_database(dbname)
 
     descriptions = [f"- **{s.name}** (`{s.name}.sql`): {s.description}" for s in SCENARIOS]
@@ -453,9 +527,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ] or ["- none"]
     readme = "\n".join(
         [
-            "# wal2json fixtures",
+            "# wal2json and pgoutput fixtures",
             "",
-            "Real output of the wal2json logical decoding plugin, captured by",
+            "Real output of the wal2json and pgoutput logical decoding plugins, captured by",
             "`scripts/make_fixtures.py` (`make fixtures`). Do not edit by hand: regenerate.",
             "",
             f"Produced with PostgreSQL {server_version} and wal2json "
@@ -475,6 +549,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "same transactions appear without any optional field (`basic_users.minimal.jsonl`)",
             "and in format-version 1 (`basic_users.v1.json`: one JSON document per transaction,",
             "one per line).",
+            "",
+            "`<scenario>.pgoutput` holds the same changes from a `pgoutput` slot created just",
+            "before the wal2json slot (after the setup), read with",
+            "`pg_logical_slot_peek_binary_changes` and written in the capture format",
+            "`invalidator replay` reads: a `#` comment line naming the options, then one",
+            "message per line, its LSN, one space, its bytes in hex. Options:",
+            f"`{_options_text(PGOUTPUT_OPTIONS)}`; `fx_pub` publishes every operation of the",
+            "tables with a replica identity, `fx_pub_insert` only INSERT and TRUNCATE of the",
+            "others (no_pk, ri_nothing: a publication of their UPDATE/DELETE makes those",
+            "statements fail). `tests/unit/test_replay_fixtures.py` proves that replay plans the",
+            "same operations from both captures of every scenario.",
             "",
             "## Scenarios",
             "",

@@ -20,6 +20,12 @@
 --   SELECT             the watched tables: `check` reads their columns and replica
 --                      identity, `refresh` rules with a `query` value and `invalidator warm`
 --                      read rows. Nothing ever writes to the database.
+--   source.kind: pgoutput also needs a publication of the watched tables: `setup`/`run`
+--                      create and alter it when the role owns those tables (and may CREATE
+--                      in the database); otherwise create it as their owner, e.g.
+--                      CREATE PUBLICATION cache_invalidator FOR TABLE users (id, email)
+--                      WITH (publish_via_partition_root = true);
+--                      `invalidator check` says which tables and columns it must hold.
 --
 -- Managed PostgreSQL (check your provider's current documentation):
 --   Amazon RDS / Aurora: parameter group rds.logical_replication = 1 (sets wal_level=logical,

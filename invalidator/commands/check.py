@@ -27,6 +27,7 @@ from invalidator.sinks.memcached.protocol import VERSION_REQUEST
 from invalidator.sinks.memcached.tls import node_connectors
 from invalidator.sources.catalog import Admin, Catalogue, TableFacts, quoted_table
 from invalidator.sources.postgres import PLUGIN
+from invalidator.sources.publication import Publication, no_identity_error, wanted
 
 MARKS = {"ok": "✓", "error": "✗", "warning": "⚠"}
 _RULE = re.compile(r"rules\[(\d+)\]")
@@ -180,6 +181,11 @@ def _logical(ctx: CheckContext) -> bool:
     return ctx.config.source.kind != "notify"
 
 
+def _plugin(ctx: CheckContext) -> str:
+    """The output plugin the slot decodes with."""
+    return "pgoutput" if ctx.config.source.kind == "pgoutput" else PLUGIN
+
+
 def check_database(ctx: CheckContext) -> list[Finding]:
     """The server answered, and the role may stream (logical sources)."""
     cat = ctx.catalogue
@@ -220,10 +226,11 @@ def check_wal_level(ctx: CheckContext) -> list[Finding]:
 
 def check_slot(ctx: CheckContext) -> list[Finding]:
     cat = ctx.catalogue
-    if cat is None or ctx.config.source.kind != "wal2json":
+    if cat is None or not _logical(ctx):
         return []
     slot = ctx.config.source.slot
     plugin = cat.slots.get(slot)
+    expected = _plugin(ctx)
     if plugin is None:
         if ctx.config.source.create_slot:
             return [
@@ -242,9 +249,9 @@ def check_slot(ctx: CheckContext) -> list[Finding]:
                 "(create it: `invalidator setup` or sql/slot.sql)",
             )
         ]
-    if plugin != PLUGIN:
+    if plugin != expected:
         return [
-            Finding("error", "database", f"slot {slot} exists with plugin {plugin}, not {PLUGIN}")
+            Finding("error", "database", f"slot {slot} exists with plugin {plugin}, not {expected}")
         ]
     return [Finding("ok", "database", f"slot {slot} exists ({plugin})")]
 
@@ -369,6 +376,8 @@ def check_replica_identity(ctx: CheckContext) -> list[Finding]:
         identity = _IDENTITY.get(facts.replica_identity, facts.replica_identity)
         fix = f"ALTER TABLE {quoted_table(rule.schema, rule.table)} REPLICA IDENTITY FULL"
         if facts.replica_identity == "n" or not facts.identity_columns:
+            if ctx.config.source.kind == "pgoutput":
+                continue  # check_publication says why such a table cannot be published
             findings.append(
                 Finding(
                     "error",
@@ -429,21 +438,120 @@ def check_replica_identity(ctx: CheckContext) -> list[Finding]:
 
 
 def check_plugin(ctx: CheckContext) -> list[Finding]:
-    """wal2json is an output plugin, not an extension: probe it with a temporary slot."""
+    """The output plugin can decode: probed with a temporary slot (wal2json is a plugin
+    to install, not an extension; pgoutput is built in but the probe also proves the role
+    may create a slot)."""
     cat, admin = ctx.catalogue, ctx.admin
-    if cat is None or admin is None or ctx.config.source.kind != "wal2json":
+    if cat is None or admin is None or not _logical(ctx):
         return []
+    plugin = _plugin(ctx)
     if ctx.config.source.slot in cat.slots:
-        return [Finding("ok", "database", f"the {PLUGIN} output plugin is in use by the slot")]
+        return [Finding("ok", "database", f"the {plugin} output plugin is in use by the slot")]
     try:
         # A temporary slot: it disappears with the probe's own connection.
         admin.query(
             "SELECT pg_create_logical_replication_slot('invalidator_check_probe', %s, true)",
-            (PLUGIN,),
+            (plugin,),
         )
     except InvalidatorError as exc:
-        return [Finding("error", "database", f"cannot use the {PLUGIN} plugin: {exc}")]
-    return [Finding("ok", "database", f"the {PLUGIN} output plugin is available")]
+        return [Finding("error", "database", f"cannot use the {plugin} plugin: {exc}")]
+    return [Finding("ok", "database", f"the {plugin} output plugin is available")]
+
+
+def check_publication(ctx: CheckContext) -> list[Finding]:
+    """pgoutput: free replication slots, tables that cannot be published (no replica
+    identity), and whether the publication exists and covers every column a rule reads
+    (``run`` and ``setup`` create it or bring it in step: a difference is what they would
+    change, an error when a rule would miss columns until then)."""
+    cat, admin, config = ctx.catalogue, ctx.admin, ctx.config
+    if cat is None or admin is None or config.source.kind != "pgoutput":
+        return []
+    findings: list[Finding] = []
+    name = config.source.publication_name
+    where = f"source.publication ({name})"
+    used, limit, have_slot = admin.query(
+        "SELECT (SELECT count(*) FROM pg_replication_slots),"
+        " current_setting('max_replication_slots')::int,"
+        " EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+        (config.source.slot,),
+    )[0]
+    if not have_slot and used >= limit:
+        findings.append(
+            Finding(
+                "error",
+                "database",
+                f"max_replication_slots is {limit} and {used} are in use: no slot left for "
+                f"{config.source.slot}",
+            )
+        )
+    facts = {(r.schema, r.table): cat.facts(r.schema, r.table) for r in ctx.rules.rules}
+    for table, table_facts in facts.items():
+        if table_facts.exists and not table_facts.identity_columns:
+            findings.append(
+                Finding("error", where, no_identity_error(table, table_facts), stops_run=True)
+            )
+    usable = {t: f for t, f in facts.items() if f.identity_columns or not f.exists}
+    publishable = RuleSet(tuple(r for r in ctx.rules.rules if (r.schema, r.table) in usable))
+    target = wanted(publishable, usable)
+    published = Publication(admin, name).read()
+    if not published.exists:
+        findings.append(
+            Finding(
+                "ok", where, "does not exist yet: `invalidator setup` or the first run creates it"
+            )
+        )
+        return findings
+    for rule in ctx.rules.rules:
+        table = (rule.schema, rule.table)
+        if table not in target:
+            continue
+        if table not in published.tables:
+            findings.append(
+                Finding(
+                    "warning",
+                    _rule_where(rule),
+                    f"not in publication {name} yet (setup or run adds it)",
+                )
+            )
+            continue
+        columns = published.tables[table]
+        if columns is None:
+            continue
+        missing = sorted(rule.columns & facts[table].columns - set(columns))
+        if missing:
+            findings.append(
+                Finding(
+                    "warning",
+                    _rule_where(rule),
+                    f"publication {name} publishes only {', '.join(columns)}: the rule reads "
+                    f"{', '.join(missing)} too (setup or run adds them)",
+                )
+            )
+    in_step = published.tables == target and published.via_root and published.publishes_all
+    if in_step:
+        findings.append(
+            Finding("ok", where, "publishes exactly the tables and columns the rules read")
+        )
+    elif published.tables != target:
+        extra = sorted(".".join(t) for t in set(published.tables) - set(target))
+        detail = f"; it also publishes {', '.join(extra)}" if extra else ""
+        findings.append(
+            Finding(
+                "warning",
+                where,
+                f"differs from the tables and columns the rules read{detail} "
+                "(setup or run brings it in step)",
+            )
+        )
+    else:
+        findings.append(
+            Finding(
+                "warning",
+                where,
+                "does not publish every operation through partition roots (setup or run sets it)",
+            )
+        )
+    return findings
 
 
 def check_nodes(ctx: CheckContext) -> list[Finding]:
@@ -474,6 +582,7 @@ CATALOGUE_CHECKS: tuple[Check, ...] = (
     check_tables,
     check_columns,
     check_replica_identity,
+    check_publication,
 )
 PROBE_CHECKS: tuple[Check, ...] = (check_plugin, check_nodes)
 

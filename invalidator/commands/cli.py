@@ -298,10 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "replay",
-        help="print (or --apply) the cache operations the rules plan for wal2json output",
-        description="Read wal2json output (format-version 2 lines as `pg_recvlogical -o "
-        "format-version=2` writes them, or format-version 1 documents; '-' is stdin) and "
-        "print one JSON object per planned operation. Never connects to PostgreSQL.",
+        help="print (or --apply) the cache operations the rules plan for captured changes",
+        description=(
+            "Read captured changes and print one JSON object per planned operation ('-' is\n"
+            "stdin). Never connects to PostgreSQL. The first line tells the formats apart:\n"
+            "\n"
+            "  wal2json: format-version 2 lines, as `pg_recvlogical -o format-version=2`\n"
+            "            writes them, or format-version 1 documents;\n"
+            "  pgoutput: one message per line, its LSN, one space, its bytes in hex ('#'\n"
+            "            lines are comments), as this prints them (pg_recvlogical's binary\n"
+            "            pgoutput output has no framing):\n"
+            "            psql -At -F ' ' -c \"SELECT lsn, encode(data, 'hex') FROM\n"
+            "              pg_logical_slot_peek_binary_changes('SLOT', NULL, NULL,\n"
+            "              'proto_version', '1', 'publication_names', 'PUB')\" > FILE"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument("files", nargs="+", metavar="FILE")
@@ -315,15 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="the daemon: stream changes and invalidate",
-        description="Stream committed changes (wal2json slot, or the notify outbox) and apply "
-        "the rules' cache operations. Before streaming it runs check's database checks: a "
-        "table or column that does not exist, or a replica identity without a template's "
-        "column, stops it with exit 2 and the list (--lenient starts anyway). On every "
-        "connect the slot's continuity is checked; a gap is answered as source.on_gap says "
-        "(flush, bump or refuse). With `audit:` in the config, the staleness probe of "
-        "`invalidator audit` runs in a thread of its own and feeds the audit_* metrics. "
-        "SIGTERM/SIGINT: stop reading, finish in-flight work, "
-        "confirm the last applied position, exit 0.",
+        description="Stream committed changes (a wal2json or pgoutput slot, or the notify "
+        "outbox) and apply the rules' cache operations. Before streaming it runs check's "
+        "database checks: a table or column that does not exist, or a replica identity "
+        "without a template's column, stops it with exit 2 and the list (--lenient starts "
+        "anyway). On every connect the slot's continuity is checked; a gap is answered as "
+        "source.on_gap says (flush, bump or refuse). With `audit:` in the config, the "
+        "staleness probe of `invalidator audit` runs in a thread of its own and feeds the "
+        "audit_* metrics. SIGTERM/SIGINT: stop reading, finish in-flight work, confirm the "
+        "last applied position, exit 0.",
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.add_argument(
@@ -343,8 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     for name, func, text in (
-        ("setup", cmd_setup, "create the replication slot (notify: outbox and triggers)"),
-        ("teardown", cmd_teardown, "drop the replication slot (notify: outbox and triggers)"),
+        (
+            "setup",
+            cmd_setup,
+            "create the replication slot (pgoutput: and the publication of the rules' tables "
+            "and columns, or bring it in step; notify: outbox and triggers)",
+        ),
+        (
+            "teardown",
+            cmd_teardown,
+            "drop the replication slot (pgoutput: and the publication; notify: outbox and "
+            "triggers)",
+        ),
         (
             "status",
             cmd_status,

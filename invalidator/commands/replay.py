@@ -1,12 +1,15 @@
-"""``invalidator replay``: wal2json output in, planned (or applied) cache operations out.
+"""``invalidator replay``: captured changes in, planned (or applied) cache operations out.
 
-Never touches PostgreSQL: a rules file and a capture are all it needs.
+A file is wal2json output (format-version 2 lines or version 1 documents) or a pgoutput
+capture (``<LSN> <hex>`` per message, see ``sources/pgoutput.py``), told apart by its
+first line. Never touches PostgreSQL: a rules file and a capture are all it needs.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -15,7 +18,7 @@ import orjson
 
 from invalidator.config import Config
 from invalidator.config.build import compile_rules, node_addresses, static_router
-from invalidator.core.changes import Change
+from invalidator.core.changes import Change, Event
 from invalidator.core.operations import Operation
 from invalidator.core.rules import plan
 from invalidator.errors import ConfigError
@@ -23,6 +26,7 @@ from invalidator.runtime.metrics import Metrics
 from invalidator.runtime.skips import SkipReporter
 from invalidator.sinks.memcached.client import MemcachedSink
 from invalidator.sinks.memcached.tls import node_connectors
+from invalidator.sources.pgoutput import is_capture_line, read_capture
 from invalidator.sources.wal2json import read_stream
 
 APPLY_BATCH = 10_000
@@ -52,6 +56,24 @@ def operation_record(op: Operation, node: str | None) -> dict[str, Any]:
         record["value"] = op.value.decode("utf-8", "replace") if op.value is not None else None
         record["ttl"] = op.ttl
     return record
+
+
+def read_events(lines: Iterable[str], source: str) -> Iterator[Event]:
+    """The events of one file, wal2json or pgoutput capture as its first line says."""
+    lines = iter(lines)
+    blank = 0
+    for first in lines:
+        if first.strip():
+            break
+        blank += 1
+    else:
+        return
+    # The blank lines go back in front, so errors keep their line numbers.
+    whole = itertools.chain([""] * blank, [first], lines)
+    if is_capture_line(first):
+        yield from read_capture(whole, source)
+    else:
+        yield from read_stream(whole, source)
 
 
 @contextmanager
@@ -112,7 +134,7 @@ def replay(
     try:
         for path in paths:
             with _open(path) as handle:
-                for event in read_stream(handle, "<stdin>" if path == "-" else path):
+                for event in read_events(handle, "<stdin>" if path == "-" else path):
                     if not isinstance(event, Change):
                         continue
                     summary.changes += 1

@@ -39,11 +39,13 @@ NO_DSN = "no database: set source.dsn or source.dsn_file (or INVALIDATOR_DSN, IN
 
 
 class SourceConfig(StrictModel):
-    kind: Literal["wal2json", "notify"] = "wal2json"
+    kind: Literal["wal2json", "pgoutput", "notify"] = "wal2json"
     dsn: SecretStr | None = None
     # Read into ``dsn`` at load time; kept as the path it came from.
     dsn_file: str | None = Field(default=None, min_length=1)
     slot: str = "cache_invalidator"
+    # pgoutput: the publication setup/run keep in step with the rules (default: the slot's name)
+    publication: str | None = None
     create_slot: bool = True
     # What to do when changes may have been missed (slot gone or lost, another cluster, a
     # promoted standby): empty the pools, bump the bump rules' counters, or stay unready.
@@ -67,6 +69,18 @@ class SourceConfig(StrictModel):
         if not re.fullmatch(r"[a-z0-9_]{1,63}", value):
             raise ValueError("slot names are 1-63 characters of a-z, 0-9 and _")
         return value
+
+    @field_validator("publication")
+    @classmethod
+    def _publication_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", value):
+            raise ValueError("publication names are 1-63 characters of a-z, 0-9 and _")
+        return value
+
+    @property
+    def publication_name(self) -> str:
+        """The pgoutput publication: ``publication``, or the slot's name."""
+        return self.publication or self.slot
 
 
 class ValueConfig(StrictModel):

@@ -1,4 +1,5 @@
 """The C delete hot path (``_hotpath.c``): its Python face, built from rules and placements.
+It reads wal2json records or, built with ``pgoutput=True``, pgoutput protocol 1 messages.
 
 The C decoder is an accelerator, never a second meaning: for the tables and pools it
 takes, it must emit exactly the deletes ``plan()`` plans and the placements route (the
@@ -71,7 +72,10 @@ class Slot:
 class HotPath:
     """A ``_hotpath.Decoder`` for the eligible tables, with its slots and table names."""
 
-    def __init__(self, rules: RuleSet, placements: Mapping[str, Placement]):
+    def __init__(
+        self, rules: RuleSet, placements: Mapping[str, Placement], *, pgoutput: bool = False
+    ):
+        """``pgoutput``: the decoder reads pgoutput protocol 1 messages, not wal2json."""
         pool_index: dict[str, int] = {}
         pool_specs: list[tuple[int, list[tuple[bytes, bytes, int]], int, list[int], list[int]]] = []
         self.slots: list[Slot] = []
@@ -93,7 +97,7 @@ class HotPath:
             if spec is not None:
                 table_specs.append(spec)
                 self.tables.append(f"{schema}.{table}")
-        self.decoder = _hotpath.Decoder(table_specs, pool_specs, len(self.slots))
+        self.decoder = _hotpath.Decoder(table_specs, pool_specs, len(self.slots), pgoutput=pgoutput)
         # The operation each slot's batches are accounted to (pool label; no single key).
         self.batch_ops = [Operation("delete", "", slot.pool, "*") for slot in self.slots]
 

@@ -1,5 +1,10 @@
 /* The delete hot path in C: wal2json format-version 2 records -> memcached requests.
  *
+ * With pgoutput=True the same Decoder reads pgoutput protocol 1 messages instead
+ * (feed_pgoutput below): B and C as wal2json's B and C, I/U/D of a known relation rendered
+ * with the values the Python decoder (sources/pgoutput.py) gives; every R message is
+ * cached here and declined, so that the Python decoder learns it too.
+ *
  * A Decoder is built from the daemon's delete-only rules (fastpath.FastPlanner) and the
  * pools' placements. feed() takes one CopyData message from the replication stream:
  *
@@ -72,7 +77,9 @@ typedef struct {
 } Buffer;
 
 /* The JSON scanner's tokens (defined here: a Row holds them). */
-enum { T_STRING, T_NUMBER, T_TRUE, T_FALSE, T_NULL, T_OTHER };
+enum { T_STRING, T_NUMBER, T_TRUE, T_FALSE, T_NULL, T_OTHER,
+       /* pgoutput text values, by the column's type (see render_value) */
+       T_PG_ASIS, T_PG_INT, T_PG_BOOL, T_PG_NUMBER, T_PG_BYTEA };
 
 typedef struct {
     int type;
@@ -92,8 +99,22 @@ typedef struct {
 } Row;
 
 
+/* A pgoutput Relation message, as far as the hot path needs it. */
+typedef struct {
+    uint32_t oid;
+    int table;           /* index into tables, or -1: not ours */
+    int ncols;
+    int nident;          /* columns flagged as replica identity */
+    short *map;          /* per relation column: the table's column index, or -1 */
+    unsigned char *cls;  /* per relation column: T_PG_* by type oid */
+    unsigned char *ident;
+} PgRel;
+
 typedef struct {
     PyObject_HEAD
+    int pgoutput; /* messages are pgoutput protocol 1, not wal2json */
+    int nrels, rels_cap;
+    PgRel *rels;
     int ntables;
     Table *tables;
     int npools;
@@ -486,10 +507,45 @@ static int render_value(Buffer *out, const Token *v) {
         out->len += v->len;
         return 1;
     }
+    case T_PG_ASIS:
+        /* every type Python keeps as its text */
+        if (buffer_reserve(out, v->len) < 0)
+            return -1;
+        memcpy(out->data + out->len, v->start, v->len);
+        out->len += v->len;
+        return 1;
+    case T_PG_INT:
+    case T_PG_NUMBER: {
+        /* int2/4/8, oid, float and numeric: an integer literal is an int in Python, whose
+         * str() is the literal when it has no leading zero; anything else is a float or
+         * Decimal (or None): the general path decides */
+        Py_ssize_t i = v->len > 0 && v->start[0] == '-' ? 1 : 0;
+        if (i >= v->len || (v->start[i] == '0' && (v->len - i > 1 || i == 1)))
+            return 0; /* empty, leading zero, or -0 (which is 0) */
+        for (Py_ssize_t j = i; j < v->len; j++)
+            if (v->start[j] < '0' || v->start[j] > '9')
+                return 0;
+        if (buffer_reserve(out, v->len) < 0)
+            return -1;
+        memcpy(out->data + out->len, v->start, v->len);
+        out->len += v->len;
+        return 1;
+    }
+    case T_PG_BYTEA: {
+        /* "\x..." without its "\x", as wal2json prints it */
+        Py_ssize_t n = v->len > 2 ? v->len - 2 : 0;
+        if (buffer_reserve(out, n) < 0)
+            return -1;
+        memcpy(out->data + out->len, v->start + (v->len - n), n);
+        out->len += n;
+        return 1;
+    }
+    case T_PG_BOOL:
     case T_TRUE:
     case T_FALSE: {
-        const char *s = v->type == T_TRUE ? "True" : "False";
-        Py_ssize_t n = v->type == T_TRUE ? 4 : 5;
+        int truth = v->type == T_TRUE || (v->type == T_PG_BOOL && v->len == 1 && v->start[0] == 't');
+        const char *s = truth ? "True" : "False";
+        Py_ssize_t n = truth ? 4 : 5;
         if (buffer_reserve(out, n) < 0)
             return -1;
         memcpy(out->data + out->len, s, n);
@@ -700,6 +756,348 @@ static int record_commit(Decoder *self, unsigned long long lsn, double when) {
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------- */
+/* pgoutput protocol 1 (the "Logical Replication Message Formats" of the PostgreSQL     */
+/* docs): the same answers as sources/pgoutput.py + plan(), or declined.               */
+
+static inline uint32_t be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void pgrel_free(PgRel *rel) {
+    PyMem_Free(rel->map);
+    PyMem_Free(rel->cls);
+    PyMem_Free(rel->ident);
+    rel->map = NULL;
+    rel->cls = NULL;
+    rel->ident = NULL;
+}
+
+static PgRel *pgrel_find(Decoder *self, uint32_t oid) {
+    for (int i = 0; i < self->nrels; i++)
+        if (self->rels[i].oid == oid)
+            return &self->rels[i];
+    return NULL;
+}
+
+/* A C string at *pp (before end): its start and length; *pp moves past the NUL. */
+static int pg_cstring(const unsigned char **pp, const unsigned char *end, const char **s,
+                      Py_ssize_t *n) {
+    const unsigned char *nul = memchr(*pp, 0, end - *pp);
+    if (nul == NULL)
+        return 0;
+    *s = (const char *)*pp;
+    *n = nul - *pp;
+    *pp = nul + 1;
+    return 1;
+}
+
+static unsigned char pg_class_of(uint32_t type_oid) {
+    switch (type_oid) {
+    case 16:
+        return T_PG_BOOL;
+    case 17:
+        return T_PG_BYTEA;
+    case 700:
+    case 701:
+    case 1700:
+        return T_PG_NUMBER;
+    case 20:
+    case 21:
+    case 23:
+    case 26:
+        return T_PG_INT;
+    default: /* every type kept as text */
+        return T_PG_ASIS;
+    }
+}
+
+/* An R message (p after the 'R'): cache it, replacing any earlier one of the relation.
+ * 0 = done (cached, or a malformed message that leaves the relation unknown), -1 = error. */
+static int pg_relation(Decoder *self, const unsigned char *p, const unsigned char *end) {
+    if (end - p < 4)
+        return 0;
+    uint32_t oid = be32(p);
+    p += 4;
+    PgRel *rel = pgrel_find(self, oid);
+    if (rel == NULL) {
+        if (self->nrels == self->rels_cap) {
+            int cap = self->rels_cap ? self->rels_cap * 2 : 16;
+            PgRel *rels = PyMem_Realloc(self->rels, cap * sizeof(PgRel));
+            if (rels == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            self->rels = rels;
+            self->rels_cap = cap;
+        }
+        rel = &self->rels[self->nrels++];
+        memset(rel, 0, sizeof(*rel));
+        rel->oid = oid;
+    }
+    pgrel_free(rel);
+    rel->table = -1; /* unknown until the whole message has been read */
+    rel->ncols = 0;
+    rel->nident = 0;
+    const char *ns, *name;
+    Py_ssize_t nslen, namelen;
+    if (!pg_cstring(&p, end, &ns, &nslen) || !pg_cstring(&p, end, &name, &namelen))
+        return 0;
+    if (nslen == 0) {
+        ns = "pg_catalog";
+        nslen = 10;
+    }
+    if (end - p < 3)
+        return 0;
+    p++; /* replica identity setting: the column flags say which columns */
+    int ncols = (p[0] << 8) | p[1];
+    p += 2;
+    if (ncols > MAX_ROW_COLS)
+        return 0;
+    int table = -1;
+    for (int t = 0; t < self->ntables; t++) {
+        const Table *tb = &self->tables[t];
+        if (tb->schema.len == nslen && tb->table.len == namelen &&
+            memcmp(tb->schema.data, ns, nslen) == 0 && memcmp(tb->table.data, name, namelen) == 0) {
+            table = t;
+            break;
+        }
+    }
+    rel->map = PyMem_Calloc(ncols ? ncols : 1, sizeof(short));
+    rel->cls = PyMem_Calloc(ncols ? ncols : 1, 1);
+    rel->ident = PyMem_Calloc(ncols ? ncols : 1, 1);
+    if (rel->map == NULL || rel->cls == NULL || rel->ident == NULL) {
+        pgrel_free(rel);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < ncols; i++) {
+        if (p >= end)
+            return 0;
+        unsigned char flags = *p++;
+        const char *col;
+        Py_ssize_t collen;
+        if (!pg_cstring(&p, end, &col, &collen) || end - p < 8)
+            return 0;
+        rel->cls[i] = pg_class_of(be32(p));
+        p += 8; /* type oid, typmod */
+        rel->ident[i] = flags & 1;
+        rel->nident += flags & 1;
+        rel->map[i] = -1;
+        if (table >= 0) {
+            const Table *tb = &self->tables[table];
+            for (int c = 0; c < tb->ncols; c++)
+                if (tb->cols[c].len == collen && memcmp(tb->cols[c].data, col, collen) == 0)
+                    rel->map[i] = (short)c;
+        }
+    }
+    if (p != end)
+        return 0;
+    rel->ncols = ncols;
+    rel->table = table;
+    return 0;
+}
+
+/* Whether Python's decoder reads this text (else it raises, and C must decline): valid
+ * UTF-8, and for numeric types a literal both int()/float()/Decimal() accept (stricter
+ * than Python is safe: C declines more). */
+static int pg_readable(unsigned char cls, const unsigned char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n;) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        Py_ssize_t k = utf8_sequence(s + i, s + n);
+        if (k == 0)
+            return 0;
+        i += k;
+    }
+    if (cls != T_PG_INT && cls != T_PG_NUMBER)
+        return 1;
+    if (cls == T_PG_NUMBER) {
+        static const char *special[] = {"nan", "infinity", "-infinity"};
+        for (int w = 0; w < 3; w++) {
+            Py_ssize_t len = (Py_ssize_t)strlen(special[w]);
+            if (n >= len) {
+                Py_ssize_t j = 0;
+                while (j < len && (s[j] | 0x20) == (unsigned char)special[w][j])
+                    j++;
+                if (j == len)
+                    return 1; /* NaN, ±Infinity: None in Python */
+            }
+        }
+    }
+    Py_ssize_t i = n > 0 && s[0] == '-' ? 1 : 0, digits = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++, digits++;
+    if (digits == 0)
+        return 0;
+    if (cls == T_PG_INT)
+        return i == n;
+    if (i < n && s[i] == '.') {
+        i++;
+        digits = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++, digits++;
+        if (digits == 0)
+            return 0;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        digits = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++, digits++;
+        if (digits == 0)
+            return 0;
+    }
+    return i == n;
+}
+
+/* TupleData at *pp into row (identity_only: a K tuple, whose other columns are NULL
+ * placeholders). 1 = read, 0 = declined ('u' unchanged TOAST: Python merges; 'b'). */
+static int pg_tuple(const unsigned char **pp, const unsigned char *end, const PgRel *rel,
+                    const Table *table, Row *row, int identity_only) {
+    const unsigned char *p = *pp;
+    if (end - p < 2)
+        return 0;
+    int n = (p[0] << 8) | p[1];
+    p += 2;
+    if (n != rel->ncols)
+        return 0;
+    row->present = 1;
+    row->nnames = 0;
+    memset(row->have, 0, sizeof(int) * table->ncols);
+    for (int i = 0; i < n; i++) {
+        if (p >= end)
+            return 0;
+        unsigned char kind = *p++;
+        int col = rel->map[i];
+        int keep = col >= 0 && (!identity_only || rel->ident[i]);
+        if (kind == 't') {
+            if (end - p < 4)
+                return 0;
+            uint32_t len = be32(p);
+            p += 4;
+            if ((size_t)(end - p) < len || !pg_readable(rel->cls[i], p, len))
+                return 0;
+            if (keep) {
+                Token *v = &row->values[col];
+                v->type = rel->cls[i];
+                v->start = (const char *)p;
+                v->len = len;
+                v->escaped = 0;
+                row->have[col] = 1;
+            }
+            p += len;
+        } else if (kind == 'n') {
+            if (keep) {
+                row->values[col].type = T_NULL;
+                row->have[col] = 1;
+            }
+        } else {
+            return 0;
+        }
+    }
+    *pp = p;
+    return 1;
+}
+
+/* One pgoutput XLogData payload (p: its first byte). 0 = consumed, 1 = declined, -1 = error. */
+static int feed_pgoutput(Decoder *self, const unsigned char *p, const unsigned char *stop,
+                         unsigned long long end) {
+    if (p >= stop)
+        return 1;
+    unsigned char kind = *p++;
+    if (kind == 'B') {
+        if (stop - p != 20)
+            return 1;
+        self->in_txn = 1;
+        if (end > self->wal_end)
+            self->wal_end = end;
+        return 0;
+    }
+    if (kind == 'C') {
+        if (stop - p != 25)
+            return 1;
+        unsigned long long end_lsn = be64(p + 9);
+        double when = (double)(long long)be64(p + 17) / 1e6 + 946684800.0;
+        if (end > self->wal_end)
+            self->wal_end = end;
+        self->in_txn = 0;
+        return record_commit(self, end_lsn, when) < 0 ? -1 : 0;
+    }
+    if (kind == 'R')
+        return pg_relation(self, p, stop) < 0 ? -1 : 1;
+    if (kind != 'I' && kind != 'U' && kind != 'D')
+        return 1;
+    if (stop - p < 5)
+        return 1;
+    const PgRel *rel = pgrel_find(self, be32(p));
+    p += 4;
+    if (rel == NULL || rel->table < 0)
+        return 1;
+    Table *table = &self->tables[rel->table];
+    int k = kind == 'I' ? KIND_INSERT : kind == 'U' ? KIND_UPDATE : KIND_DELETE;
+    if (!(table->kinds & k))
+        return 1;
+    Row *new_row = &self->rows[0], *old_row = &self->rows[1];
+    new_row->present = 0;
+    old_row->present = 0;
+    unsigned char marker = *p++;
+    if (kind != 'I' && (marker == 'K' || marker == 'O')) {
+        if (!pg_tuple(&p, stop, rel, table, old_row, marker == 'K'))
+            return 1;
+        if (kind == 'U') {
+            if (p >= stop)
+                return 1;
+            marker = *p++;
+        }
+    }
+    if (kind == 'D') {
+        if (!old_row->present)
+            return 1;
+    } else if (marker != 'N' || !pg_tuple(&p, stop, rel, table, new_row, 0)) {
+        return 1;
+    }
+    if (p != stop)
+        return 1;
+    if (kind == 'U' && !old_row->present && rel->nident) {
+        /* the identity did not change: the old row is its columns of the new one */
+        old_row->present = 1;
+        memset(old_row->have, 0, sizeof(int) * table->ncols);
+        for (int i = 0; i < rel->ncols; i++) {
+            int col = rel->map[i];
+            if (col >= 0 && rel->ident[i] && new_row->have[col]) {
+                old_row->have[col] = 1;
+                old_row->values[col] = new_row->values[col];
+            }
+        }
+    }
+    const Row *rows[2];
+    int nrows = 0;
+    if (kind != 'I' && old_row->present)
+        rows[nrows++] = old_row;
+    if (kind != 'D')
+        rows[nrows++] = new_row;
+    Key keys[MAX_KEYS];
+    int nkeys = 0;
+    int ok = render_keys(self, table, rows, nrows, keys, &nkeys);
+    if (ok < 0)
+        return -1;
+    if (ok == 0)
+        return 1;
+    if (place_keys(self, keys, nkeys) < 0)
+        return -1;
+    table->counts[k == KIND_INSERT ? 0 : k == KIND_UPDATE ? 1 : 2]++;
+    if (nkeys)
+        self->open_work = 1;
+    if (end > self->wal_end)
+        self->wal_end = end;
+    return 0;
+}
+
 /* 0 = consumed, 1 = declined, -1 = error (exception set). */
 static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
     if (n >= 18 && msg[0] == 'k') {
@@ -714,6 +1112,8 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
         return 1;
     unsigned long long data_start = be64(msg + 1), end = be64(msg + 9);
     self->position = data_start;
+    if (self->pgoutput)
+        return feed_pgoutput(self, msg + 25, msg + n, end);
     const char *p = (const char *)msg + 25, *stop = (const char *)msg + n;
     Token key, tok;
     int seen_xid = 0;
@@ -1051,6 +1451,12 @@ static void Decoder_free_data(Decoder *self) {
     self->scratch.data = NULL;
     PyMem_Free(self->rows);
     self->rows = NULL;
+    for (int i = 0; i < self->nrels; i++)
+        pgrel_free(&self->rels[i]);
+    PyMem_Free(self->rels);
+    self->rels = NULL;
+    self->nrels = 0;
+    self->rels_cap = 0;
 }
 
 static int build_template(PyObject *spec, Template *tpl, int ntablecols, int npools) {
@@ -1130,13 +1536,14 @@ done:
 }
 
 static int Decoder_init(Decoder *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"tables", "pools", "slots", NULL};
+    static char *kwlist[] = {"tables", "pools", "slots", "pgoutput", NULL};
     PyObject *tables, *pools;
-    int nslots;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!i", kwlist, &PyList_Type, &tables,
-                                     &PyList_Type, &pools, &nslots))
+    int nslots, pgoutput = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!i|p", kwlist, &PyList_Type, &tables,
+                                     &PyList_Type, &pools, &nslots, &pgoutput))
         return -1;
     Decoder_free_data(self);
+    self->pgoutput = pgoutput;
     self->rows = PyMem_Calloc(2, sizeof(Row));
     if (self->rows == NULL) {
         PyErr_NoMemory();

@@ -17,6 +17,10 @@ def source_for(config: Config, rules: RuleSet) -> ChangeSource:
         from invalidator.sources.notify import NotifySource
 
         return NotifySource(config.source, dsn, rules)
+    if config.source.kind == "pgoutput":
+        from invalidator.sources.pgoutput_source import PgOutputSource
+
+        return PgOutputSource(config.source, dsn, rules)
     from invalidator.sources.logical import LogicalSource
 
     return LogicalSource(config.source, dsn)

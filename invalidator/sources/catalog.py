@@ -196,12 +196,12 @@ class Admin:
         assert row is not None
         return Server(str(row[0]), int(row[1]))
 
-    def create_slot(self, slot: str) -> bool:
-        """Create the logical slot unless it exists; True if created."""
+    def create_slot(self, slot: str, plugin: str = PLUGIN) -> bool:
+        """Create the logical slot (output ``plugin``) unless it exists; True if created."""
         status = self.slot_status(slot)
         if status.exists:
-            if status.plugin != PLUGIN:
-                raise SourceError(f"slot {slot} exists with plugin {status.plugin}, not {PLUGIN}")
+            if status.plugin != plugin:
+                raise SourceError(f"slot {slot} exists with plugin {status.plugin}, not {plugin}")
             return False
         # PostgreSQL 17+: a failover slot, which sync_replication_slots copies to standbys,
         # so a promotion keeps it (and continuity finds no gap). Before 17 a failover loses
@@ -213,7 +213,7 @@ class Admin:
             else "SELECT pg_create_logical_replication_slot(%s, %s)"
         )
         try:
-            self.query(create, (slot, PLUGIN))
+            self.query(create, (slot, plugin))
         except SourceError as exc:
             if "already exists" in str(exc):
                 return False  # another replica created it first

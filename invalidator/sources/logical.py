@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from invalidator.config import SourceConfig
@@ -28,7 +28,7 @@ from invalidator.sources.base import Feed, Session
 from invalidator.sources.catalog import Admin
 from invalidator.sources.continuity import Continuity, marker_status
 from invalidator.sources.partitions import PartitionWatcher
-from invalidator.sources.postgres import ReplicationStream, WalPosition, stream_options
+from invalidator.sources.postgres import PLUGIN, ReplicationStream, WalPosition, stream_options
 from invalidator.sources.replication import ProtocolError, XLogData, parse_message
 from invalidator.sources.wal2json import decode_v2
 
@@ -53,6 +53,7 @@ class LogicalSource:
     """``source.kind: wal2json``: the slot, its setup and its sessions."""
 
     kind = "wal2json"
+    plugin = PLUGIN
 
     def __init__(self, config: SourceConfig, dsn: str):
         self.config = config
@@ -64,7 +65,7 @@ class LogicalSource:
         self.continuity = Continuity(self.admin, config.slot, config.on_gap)
 
     def setup(self) -> str:
-        created = self.admin.create_slot(self.slot)
+        created = self.admin.create_slot(self.slot, self.plugin)
         tracked = self.continuity.store.ensure()
         note = "" if tracked else f"; continuity not tracked: {self.continuity.store.unavailable}"
         return f"slot {self.slot}: {'created' if created else 'already exists'}{note}"
@@ -96,16 +97,22 @@ class LogicalSource:
         record["continuity"] = marker_status(marker, store.unavailable)
         return record, status.exists
 
-    def open(self, feed: Feed) -> Session:
+    def prepare_slot(self, feed: Feed) -> str | None:
+        """Before streaming: the continuity check (the gap to answer, or None), then the
+        slot, created unless ``create_slot`` is false."""
         gap = self.continuity.check(feed.log, feed.gap)
         if self.config.create_slot:
-            if self.admin.create_slot(self.slot):
-                feed.log.info("replication slot created", slot=self.slot)
+            if self.admin.create_slot(self.slot, self.plugin):
+                feed.log.info("replication slot created", slot=self.slot, plugin=self.plugin)
         elif not self.admin.slot_status(self.slot).exists:
             raise SourceError(
                 f"slot {self.slot} does not exist and create_slot is false "
                 "(run `invalidator setup`)"
             )
+        return gap
+
+    def open(self, feed: Feed) -> Session:
+        gap = self.prepare_slot(feed)
         watched = set(feed.rules.tables)
         partitions = self.admin.partitions(watched)
         feed.set_rules(feed.rules.with_partitions(partitions))
@@ -119,30 +126,34 @@ class LogicalSource:
         self.wal.close()
 
 
-class LogicalSession:
-    """One START_REPLICATION session."""
+class SlotSession:
+    """One START_REPLICATION session on a slot, whatever the plugin: the stream, batches
+    through the C hot path (built for the plugin: ``pgoutput``), the acknowledgement
+    bookkeeping, status updates, continuity and the lag. Subclasses decode and plan what
+    C declines (``_declined``)."""
+
+    pgoutput = False  # the C decoder reads pgoutput messages, not wal2json records
 
     def __init__(
         self,
         source: LogicalSource,
         feed: Feed,
-        tables: Iterable[TableName] | None,
+        options: dict[str, str],
         gap: str | None = None,
+        on_notice: Callable[[str, str], None] | None = None,
     ):
         self.source = source
         self.feed = feed
-        self.stream = ReplicationStream(
-            source.dsn, source.slot, stream_options(tables), self._notice
-        )
+        # A fresh decoder per session: whatever the last one held (an open transaction,
+        # unharvested requests of a failed session) is replayed by the server.
+        self.hot: HotPath | None = None
+        self.hot_version = -1
+        self.stream = ReplicationStream(source.dsn, source.slot, options, on_notice)
         start = source.admin.slot_status(source.slot)
         self.tracker = AckTracker(
             lsn_to_int(start.confirmed_flush_lsn) if start.confirmed_flush_lsn else 0
         )
         self.stream.open(0)  # the server resumes at the slot's confirmed position
-        # A fresh decoder per session: whatever the last one held (an open transaction,
-        # unharvested requests of a failed session) is replayed by the server.
-        self.hot: HotPath | None = None
-        self.hot_version = -1
         self.wal_end = 0
         self.buffered_data = False
         self.hold_until = 0.0
@@ -166,18 +177,10 @@ class LogicalSession:
             source.continuity.resolved(self.tracker.confirmed)
         feed.streaming(
             slot=source.slot,
+            plugin=source.plugin,
             tables=len(feed.rules.tables),
             resume_lsn=start.confirmed_flush_lsn,
         )
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    def may_read(self, now: float) -> bool:
-        return now >= self.hold_until
-
-    def buffered(self) -> bool:
-        return self.buffered_data
 
     # -- reading --------------------------------------------------------------------------
 
@@ -204,11 +207,15 @@ class LogicalSession:
             previous = self.hot
             if previous is not None:
                 self._take_counts(previous)
-            hot = HotPath(feed.rules, feed.placements())
+            hot = HotPath(feed.rules, feed.placements(), pgoutput=self.pgoutput)
             hot.carry_over(previous)
+            self._prime(hot)
             self.hot = hot  # even with no table of its own: it tracks B/C for Python
             self.hot_version = feed.version
         return self.hot
+
+    def _prime(self, hot: HotPath) -> None:
+        """Tell a new C decoder what the stream said before it existed (none by default)."""
 
     def _feed(self, hot: HotPath, raw: list[Any]) -> None:
         """Run a batch through the C decoder; what it declines goes through ``plan()``,
@@ -253,29 +260,30 @@ class LogicalSession:
         unit.commit_times = times
 
     def _declined(self, hot: HotPath, message: XLogData) -> None:
-        """A record C left to Python: a unit of its own (C consumes every well-formed B
-        and C, so this is a row, a TRUNCATE, a message, or a record to report)."""
-        unit = self.tracker.begin()
-        try:
-            event = decode_v2(message.payload)
-        except DecodeError as exc:
-            # Never confirm past a record we could not read: stop this session loudly.
-            raise SourceError(
-                f"undecodable wal2json record at {message.data_start:X}: {exc}"
-            ) from None
-        if isinstance(event, Change):
-            self.feed.on_change(event, unit)
-        elif isinstance(event, Begin):
-            hot.declined_begin()
-        elif isinstance(event, Commit):
-            hot.declined_commit()
-            self.tracker.commit(unit, message.data_start, parse_timestamp(event.timestamp or ""))
-            return
-        self.tracker.commit(unit, 0, None)
+        """A message C left to Python: decode it, plan it, account it (per plugin)."""
+        raise NotImplementedError
 
     def _take_counts(self, hot: HotPath) -> None:
         for index, kind, count in hot.decoder.counts():
             self.feed.count_changes(hot.tables[index], kind, count)
+
+    def take_counts(self) -> None:
+        if self.hot is not None:
+            self._take_counts(self.hot)
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open (its commit not seen yet): never confirm the WAL end."""
+        return self.hot is not None and self.hot.in_transaction
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def may_read(self, now: float) -> bool:
+        return now >= self.hold_until
+
+    def buffered(self) -> bool:
+        return self.buffered_data
 
     # -- acknowledging --------------------------------------------------------------------
 
@@ -288,8 +296,7 @@ class LogicalSession:
         # before that end): only when nothing is open or pending.
         continuity = self.source.continuity
         continuity.worked(tracker.confirmed)
-        in_txn = self.hot is not None and self.hot.in_transaction
-        if not in_txn and tracker.pending == 0 and self.wal_end:
+        if not self.in_transaction and tracker.pending == 0 and self.wal_end:
             tracker.idle_advance(self.wal_end)
         gap_work = self.gap_work
         if gap_work is not None and gap_work.outstanding <= 0:
@@ -320,8 +327,7 @@ class LogicalSession:
         return wait
 
     def progress(self) -> tuple[int, int]:
-        if self.hot is not None:
-            self._take_counts(self.hot)
+        self.take_counts()
         return self.tracker.confirmed, max(self.server_end, self.wal_end)
 
     def close(self) -> None:
@@ -335,9 +341,42 @@ class LogicalSession:
         except SourceError:
             pass
         finally:
-            if self.hot is not None:
-                self._take_counts(self.hot)
+            self.take_counts()
             self.stream.close()
+
+
+class LogicalSession(SlotSession):
+    """A wal2json session: batches through the C hot path, the rest through ``plan()``."""
+
+    def __init__(
+        self,
+        source: LogicalSource,
+        feed: Feed,
+        tables: Iterable[TableName] | None,
+        gap: str | None = None,
+    ):
+        super().__init__(source, feed, stream_options(tables), gap, self._notice)
+
+    def _declined(self, hot: HotPath, message: XLogData) -> None:
+        """A record C left to Python: a unit of its own (C consumes every well-formed B
+        and C, so this is a row, a TRUNCATE, a message, or a record to report)."""
+        unit = self.tracker.begin()
+        try:
+            event = decode_v2(message.payload)
+        except DecodeError as exc:
+            # Never confirm past a record we could not read: stop this session loudly.
+            raise SourceError(
+                f"undecodable wal2json record at {message.data_start:X}: {exc}"
+            ) from None
+        if isinstance(event, Change):
+            self.feed.on_change(event, unit)
+        elif isinstance(event, Begin):
+            hot.declined_begin()
+        elif isinstance(event, Commit):
+            hot.declined_commit()
+            self.tracker.commit(unit, message.data_start, parse_timestamp(event.timestamp or ""))
+            return
+        self.tracker.commit(unit, 0, None)
 
     def _notice(self, severity: str, message: str) -> None:
         """wal2json reports dropped changes only as notices: count and log them."""

@@ -43,13 +43,19 @@ def make_daemon(
     )
 
 
+@pytest.fixture(params=["wal2json", "pgoutput"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Both slot-based sources keep continuity the same way."""
+    return str(request.param)
+
+
 @pytest.fixture
 def streamed_once(
-    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, kind: str
 ) -> Iterator[DaemonProcess]:
     """A daemon has streamed (its marker is written) and stopped; then the slot is
     dropped and 100 rows change while their keys are cached."""
-    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first = make_daemon(tmp_path, users_db, memcached, "first", kind=kind)
     first.start()
     assert first.terminate() == 0
     users_db.execute("SELECT pg_drop_replication_slot('gapped')")
@@ -82,12 +88,13 @@ def test_a_slot_dropped_while_the_daemon_was_down_flushes_the_pools(
     memcached: MemcachedPool,
     app: HashClient,
     streamed_once: DaemonProcess,
+    kind: str,
 ) -> None:
     """on_gap: flush (the default): every changed row's key is gone after the restart —
     the pools were emptied because the changes in the gap are unknown — and the gap is
     counted, logged and shown by status."""
     cache_and_change(app, users_db)
-    second = make_daemon(tmp_path, users_db, memcached, "second")
+    second = make_daemon(tmp_path, users_db, memcached, "second", kind=kind)
     try:
         second.start()
         assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
@@ -109,10 +116,10 @@ def test_a_slot_dropped_while_the_daemon_was_down_flushes_the_pools(
 
 
 def test_a_restart_without_a_gap_flushes_nothing(
-    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient, kind: str
 ) -> None:
     """The same slot on the same server: no gap, nothing flushed, nothing counted."""
-    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first = make_daemon(tmp_path, users_db, memcached, "first", kind=kind)
     first.start()
     assert first.terminate() == 0
     for i in UNCHANGED:
@@ -140,11 +147,12 @@ def test_on_gap_refuse_stays_unready_with_the_reason_and_touches_nothing(
     memcached: MemcachedPool,
     app: HashClient,
     streamed_once: DaemonProcess,
+    kind: str,
 ) -> None:
     """on_gap: refuse: /readyz says why, no key is touched, status shows the pending gap;
     a later start with on_gap: flush answers it."""
     cache_and_change(app, users_db)
-    refusing = make_daemon(tmp_path, users_db, memcached, "refusing", on_gap="refuse")
+    refusing = make_daemon(tmp_path, users_db, memcached, "refusing", on_gap="refuse", kind=kind)
     try:
         refusing.start(wait=False)
         assert wait_until(
@@ -158,7 +166,7 @@ def test_on_gap_refuse_stays_unready_with_the_reason_and_touches_nothing(
         assert continuity["pending_gap"] == "slot_missing"
     finally:
         refusing.stop()
-    answering = make_daemon(tmp_path, users_db, memcached, "answering")
+    answering = make_daemon(tmp_path, users_db, memcached, "answering", kind=kind)
     try:
         answering.start()
         assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []
@@ -171,10 +179,11 @@ def test_a_slot_invalidated_by_max_slot_wal_keep_size_flushes_the_pools(
     users_db: PgDatabase,
     memcached: MemcachedPool,
     app: HashClient,
+    kind: str,
 ) -> None:
     """PostgreSQL removes WAL the stopped daemon's slot still needed (wal_status lost): the
     slot can never stream again; the daemon drops it, creates it afresh and flushes."""
-    first = make_daemon(tmp_path, users_db, memcached, "first")
+    first = make_daemon(tmp_path, users_db, memcached, "first", kind=kind)
     first.start()
     assert first.terminate() == 0
     cache_and_change(app, users_db)
@@ -199,7 +208,7 @@ def test_a_slot_invalidated_by_max_slot_wal_keep_size_flushes_the_pools(
     finally:
         cluster.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
         cluster.execute("SELECT pg_reload_conf()")
-    second = make_daemon(tmp_path, users_db, memcached, "second")
+    second = make_daemon(tmp_path, users_db, memcached, "second", kind=kind)
     try:
         second.start()
         assert wait_gone(app, [f"user:{i}" for i in CHANGED], timeout=15) == []

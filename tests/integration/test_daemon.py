@@ -1,5 +1,5 @@
-"""`invalidator run` end to end: real PostgreSQL (wal2json), real memcached, the app's own
-HashClient, and SQL writes behind the app's back."""
+"""`invalidator run` end to end: real PostgreSQL (each slot-based source: wal2json and
+pgoutput), real memcached, the app's own HashClient, and SQL writes behind the app's back."""
 
 from __future__ import annotations
 
@@ -41,12 +41,23 @@ def copies(memcached: MemcachedPool) -> Iterator[NodeCopies]:
         yield nodes
 
 
+@pytest.fixture(params=["wal2json", "pgoutput"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """The slot-based sources (the notify outbox has no slot: see test_sources.py)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def daemon(
-    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, kind: str
 ) -> Iterator[DaemonProcess]:
     proc = DaemonProcess.create(
-        tmp_path, dsn=users_db.dsn, slot="inval", servers=memcached.servers, rules=USER_RULES
+        tmp_path,
+        dsn=users_db.dsn,
+        slot="inval",
+        servers=memcached.servers,
+        rules=USER_RULES,
+        kind=kind,
     )
     yield proc
     proc.stop()
@@ -265,7 +276,7 @@ def test_metrics_and_health_move_while_streaming(
 
 
 def test_rule_on_partitioned_table_matches_partitions_even_new_ones(
-    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool, app: HashClient
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool, app: HashClient, kind: str
 ) -> None:
     """A rule on the parent covers its partitions, including one created while streaming."""
     pg_db.execute(
@@ -280,6 +291,7 @@ def test_rule_on_partitioned_table_matches_partitions_even_new_ones(
         slot="parts",
         servers=memcached.servers,
         rules=[{"table": "m", "keys": ["m:{region}:{id}"]}],
+        kind=kind,
     )
     try:
         proc.start()

@@ -1,5 +1,5 @@
-"""The same end-to-end guarantees for both sources: wal2json logical replication and the
-LISTEN/NOTIFY outbox (triggers)."""
+"""The same end-to-end guarantees for every source: wal2json and pgoutput logical
+replication and the LISTEN/NOTIFY outbox (triggers)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tests.cache_aside import (
     assert_churn_invalidated,
     get_user,
     rewrite_users,
+    wait_until,
 )
 from tests.cache_aside import wait_gone as _wait_gone
 from tests.daemon_process import DaemonProcess
@@ -33,7 +34,7 @@ RULES = [{"table": "users", "keys": ["user:{id}", "user_by_email:{email}"]}]
 wait_gone = partial(_wait_gone, timeout=15.0)
 
 
-@pytest.fixture(params=["wal2json", "notify"])
+@pytest.fixture(params=["wal2json", "pgoutput", "notify"])
 def source(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -168,6 +169,67 @@ def test_a_stopped_node_gets_its_deletes_when_it_answers_again(
         assert [i for i in ids if direct.get(f"user:{i}") is not None] == []
     finally:
         direct.close()
+
+
+def test_unchanged_toasted_values_do_not_hide_a_change(
+    tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, app: HashClient, source: str
+) -> None:
+    """A body stored out of line (TOAST): an UPDATE of the title alone (the body unchanged,
+    not in the new row of a replication stream) invalidates the row's, the old and the new
+    title's keys, and a refresh writes the whole row, body included, never a null body."""
+    users_db.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    users_db.execute("ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL")
+    users_db.execute("ALTER TABLE docs REPLICA IDENTITY FULL")
+    users_db.execute(
+        "INSERT INTO docs SELECT 1, 'first', string_agg(md5(g::text), '') "
+        "FROM generate_series(1, 3000) g"
+    )  # 96 kB, out of line
+    body = users_db.execute("SELECT body FROM docs")[0][0]
+    rules = [
+        {"table": "docs", "keys": ["doc:{id}", "doc_title:{title}"]},
+        {
+            "table": "docs",
+            "keys": ["doc_full:{id}"],
+            "action": "refresh",
+            "value": {"json": ["id", "title", "body"]},
+        },
+    ]
+    proc = DaemonProcess.create(
+        tmp_path, dsn=users_db.dsn, slot="src", servers=memcached.servers, rules=rules, kind=source
+    )
+    try:
+        proc.start()
+        keys = ["doc:1", "doc_title:first", "doc_title:second"]
+        for key in keys:
+            app.set(key, "cached")
+        users_db.execute("UPDATE docs SET title = 'second' WHERE id = 1")
+        assert wait_gone(app, keys) == []
+        expected = json.dumps({"id": 1, "title": "second", "body": body}).encode()
+        assert wait_until(lambda: app.get("doc_full:1") == expected)
+    finally:
+        proc.stop()
+
+
+def test_a_table_altered_while_streaming_keeps_being_invalidated(
+    tmp_path: Path, daemon: DaemonProcess, users_db: PgDatabase, app: HashClient
+) -> None:
+    """ADD COLUMN, DROP COLUMN and a column type change while the daemon streams: each
+    later change of the table is still read (a new relation description) and invalidated."""
+    daemon.start()
+    statements = [
+        "ALTER TABLE users ADD COLUMN nick text DEFAULT 'n'",
+        "ALTER TABLE users DROP COLUMN name",
+        "ALTER TABLE users ALTER COLUMN id TYPE bigint",
+    ]
+    for round_, statement in enumerate(statements, 1):
+        users_db.execute(statement)
+        app.set(f"user:{round_}", "cached")
+        app.set(f"user_by_email:u{round_}@example.com", "cached")
+        users_db.execute(
+            "UPDATE users SET email = 'v' || id || '@example.com' WHERE id = %s", (round_,)
+        )
+        gone = [f"user:{round_}", f"user_by_email:u{round_}@example.com"]
+        assert wait_gone(app, gone) == [], statement
 
 
 def test_outbox_rows_of_out_of_order_commits_are_not_skipped_and_are_removed(

@@ -5,6 +5,7 @@ Every planned node is checked against pymemcache's HashClient over the same serv
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from pymemcache.client.hash import HashClient
 
 from invalidator.commands.cli import main
+from invalidator.commands.replay import replay as replay_file
 from invalidator.config import load_config
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -258,3 +260,64 @@ def test_skipped_keys_are_logged_with_rule_and_table(
         (0, "public.users", "user_by_email:{email}", "column email is absent in the old row"),
         (0, "public.users", "user_by_email:{email}", "column email is null in the new row"),
     ]
+
+
+class _Log:
+    """Collects what replay logs (the skipped keys), as (event, fields) pairs."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+    info = error = warning
+
+
+def planned(name: str) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, Any]]], int]:
+    """Operations printed, keys skipped (logged) and changes read for one capture."""
+    out = io.StringIO()
+    log = _Log()
+    summary = replay_file(load_config(RULES), [str(FIXTURES / name)], apply=False, out=out, log=log)
+    return [json.loads(line) for line in out.getvalue().splitlines()], log.lines, summary.changes
+
+
+PGOUTPUT_SCENARIOS = sorted(p.stem for p in FIXTURES.glob("*.pgoutput"))
+
+
+def test_every_wal2json_scenario_was_captured_with_pgoutput_too() -> None:
+    """`make fixtures` writes a pgoutput capture beside each scenario's wal2json one."""
+    wal2json = sorted(p.stem for p in FIXTURES.glob("*.jsonl") if "." not in p.stem)
+    assert wal2json == PGOUTPUT_SCENARIOS
+    assert len(wal2json) >= 13
+
+
+@pytest.mark.parametrize("scenario", PGOUTPUT_SCENARIOS)
+def test_pgoutput_capture_plans_exactly_what_the_wal2json_capture_plans(scenario: str) -> None:
+    """Same changes through both plugins: the same operations (keys, nodes, values, tables,
+    change positions), the same keys reported as unbuildable, the same change count."""
+    wal2json_ops, wal2json_skips, wal2json_changes = planned(f"{scenario}.jsonl")
+    pgoutput_ops, pgoutput_skips, pgoutput_changes = planned(f"{scenario}.pgoutput")
+    assert pgoutput_ops == wal2json_ops
+    assert pgoutput_skips == wal2json_skips
+    assert pgoutput_changes == wal2json_changes
+
+
+def test_the_pgoutput_comparison_covers_every_kind_of_operation_and_skip() -> None:
+    """The scenarios together plan deletes and report absent and null keys (so the
+    comparison above is not vacuous)."""
+    ops = [op for s in PGOUTPUT_SCENARIOS for op in planned(f"{s}.pgoutput")[0]]
+    skips = [f["reason"] for s in PGOUTPUT_SCENARIOS for _, f in planned(f"{s}.pgoutput")[1]]
+    assert len(ops) > 1000
+    assert any("absent" in r for r in skips) and any("null" in r for r in skips)
+
+
+def test_a_malformed_pgoutput_capture_line_exits_2_naming_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line that is not '<LSN> <hex>' (or does not decode) is FILE:LINE: reason, exit 2."""
+    good = (FIXTURES / "basic_users.pgoutput").read_text().splitlines()
+    bad = tmp_path / "bad.pgoutput"
+    bad.write_text("\n".join([*good[:3], good[3][:-1], *good[4:]]) + "\n")
+    assert main(["replay", "--config", RULES, str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"{bad}:4: ")
