@@ -508,9 +508,9 @@ def check_publication(ctx: CheckContext) -> list[Finding]:
         if table not in published.tables:
             findings.append(
                 Finding(
-                    "warning",
+                    "error",
                     _rule_where(rule),
-                    f"not in publication {name} yet (setup or run adds it)",
+                    f"not in publication {name} (setup or run adds it)",
                 )
             )
             continue
@@ -521,7 +521,7 @@ def check_publication(ctx: CheckContext) -> list[Finding]:
         if missing:
             findings.append(
                 Finding(
-                    "warning",
+                    "error",
                     _rule_where(rule),
                     f"publication {name} publishes only {', '.join(columns)}: the rule reads "
                     f"{', '.join(missing)} too (setup or run adds them)",
