@@ -22,19 +22,12 @@ from psycopg import sql
 from invalidator.core.changes import int_to_lsn, lsn_to_int
 from invalidator.errors import SourceError
 from invalidator.sources.catalog import Admin, Server, SlotStatus
+from invalidator.sources.schema import ENSURE_SCHEMA_SQL, SCHEMA
 
-SCHEMA = "invalidator"
 TABLE = "continuity"
 
 CREATE_SQL = f"""
--- Not CREATE SCHEMA IF NOT EXISTS: that needs CREATE on the database even when the
--- schema exists (sql/role.sql creates it for a role that has no such right).
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') THEN
-        CREATE SCHEMA {SCHEMA};
-    END IF;
-END $$;
-CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
+{ENSURE_SCHEMA_SQL}CREATE TABLE IF NOT EXISTS {SCHEMA}.{TABLE} (
     slot              text PRIMARY KEY,
     system_identifier text NOT NULL,
     timeline          integer NOT NULL,

@@ -259,6 +259,27 @@ class SlotSession:
         )
         unit.commit_times = times
 
+    def _feed_declined(
+        self,
+        hot: HotPath,
+        events: Iterable[object],
+        unit: Txn,
+        commit_at: Callable[[Commit], tuple[int, float | None]],
+    ) -> None:
+        """What C declined, decoded: rows go to ``plan()``, BEGIN/COMMIT keep C's idea of
+        the open transaction; ``unit`` closes at the commit's end LSN, or at 0 inside a
+        transaction (it then learns that transaction's commit from the tracker)."""
+        for event in events:
+            if isinstance(event, Change):
+                self.feed.on_change(event, unit)
+            elif isinstance(event, Begin):
+                hot.declined_begin()
+            elif isinstance(event, Commit):
+                hot.declined_commit()
+                self.tracker.commit(unit, *commit_at(event))
+                return
+        self.tracker.commit(unit, 0, None)
+
     def _declined(self, hot: HotPath, message: XLogData) -> None:
         """A message C left to Python: decode it, plan it, account it (per plugin)."""
         raise NotImplementedError
@@ -368,15 +389,12 @@ class LogicalSession(SlotSession):
             raise SourceError(
                 f"undecodable wal2json record at {message.data_start:X}: {exc}"
             ) from None
-        if isinstance(event, Change):
-            self.feed.on_change(event, unit)
-        elif isinstance(event, Begin):
-            hot.declined_begin()
-        elif isinstance(event, Commit):
-            hot.declined_commit()
-            self.tracker.commit(unit, message.data_start, parse_timestamp(event.timestamp or ""))
-            return
-        self.tracker.commit(unit, 0, None)
+        self._feed_declined(
+            hot,
+            (event,),
+            unit,
+            lambda commit: (message.data_start, parse_timestamp(commit.timestamp or "")),
+        )
 
     def _notice(self, severity: str, message: str) -> None:
         """wal2json reports dropped changes only as notices: count and log them."""

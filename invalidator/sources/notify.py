@@ -30,6 +30,7 @@ from invalidator.sources.outbox_continuity import (
 )
 from invalidator.sources.partitions import PartitionWatcher
 from invalidator.sources.postgres import CONNECT_TIMEOUT, source_error
+from invalidator.sources.schema import SCHEMA
 
 OUTBOX_POLL = 1.0  # drain the outbox at least this often, notification or not
 OUTBOX_BATCH = 2_000
@@ -49,7 +50,7 @@ class NotifySource:
     """``source.kind: notify``: the outbox, its triggers and its sessions."""
 
     kind = "notify"
-    target = f"outbox {outbox.SCHEMA}.outbox"
+    target = f"outbox {SCHEMA}.outbox"
 
     def __init__(self, config: SourceConfig, dsn: str, rules: Any = None):
         self.config = config
@@ -60,7 +61,7 @@ class NotifySource:
         with connect(self.dsn) as conn:
             added, removed = outbox.install(conn, self.rules)
         return (
-            f"outbox {outbox.SCHEMA}.outbox ready; triggers added on "
+            f"outbox {SCHEMA}.outbox ready; triggers added on "
             f"{', '.join(added) or 'no new table'}; removed from "
             f"{', '.join(removed) or 'no table'}"
         )
@@ -68,7 +69,7 @@ class NotifySource:
     def teardown(self) -> str:
         with connect(self.dsn) as conn:
             outbox.uninstall(conn)
-        return f"outbox, trigger function and triggers dropped (schema {outbox.SCHEMA})"
+        return f"outbox, trigger function and triggers dropped (schema {SCHEMA})"
 
     def status(self) -> tuple[dict[str, Any], bool]:
         with connect(self.dsn) as conn:

@@ -24,22 +24,15 @@ from psycopg import sql
 
 from invalidator.core.changes import Change
 from invalidator.core.rules import RuleSet, TableName
+from invalidator.sources.schema import ENSURE_SCHEMA_SQL, SCHEMA
 
-SCHEMA = "invalidator"
 CHANNEL = "invalidator_outbox"
 TRIGGER = "invalidator_capture"
 TRUNCATE_TRIGGER = "invalidator_capture_truncate"
 LOCK_TIMEOUT = "5s"  # for the DDL of setup: fail clearly rather than block writers
 
 INSTALL_SQL = f"""
--- Not CREATE SCHEMA IF NOT EXISTS: that needs CREATE on the database even when the
--- schema exists (sql/role.sql creates it for a role that has no such right).
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{SCHEMA}') THEN
-        CREATE SCHEMA {SCHEMA};
-    END IF;
-END $$;
-
+{ENSURE_SCHEMA_SQL}
 CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox (
     id          bigserial PRIMARY KEY,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),

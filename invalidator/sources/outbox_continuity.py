@@ -19,11 +19,13 @@ from typing import Any
 
 import psycopg
 
+from invalidator.sources.schema import SCHEMA
+
 OUTBOX_RECREATED = "outbox_recreated"  # the outbox table was dropped and created again
 TRIGGER_MISSING = "trigger_missing"  # a watched table lost its capture trigger
 
-MARKER_SQL = """
-CREATE TABLE IF NOT EXISTS invalidator.outbox_marker (
+MARKER_SQL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.outbox_marker (
     id          boolean PRIMARY KEY DEFAULT true CHECK (id),
     outbox      oid NOT NULL,
     tables      text[] NOT NULL,
@@ -62,18 +64,16 @@ def detect_outbox_gap(
 
 
 def current_outbox(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute("SELECT to_regclass('invalidator.outbox')::oid").fetchone()
+    row = conn.execute(f"SELECT to_regclass('{SCHEMA}.outbox')::oid").fetchone()
     return int(row[0]) if row is not None and row[0] is not None else None
 
 
 def read_marker(conn: psycopg.Connection[Any]) -> OutboxMarker | None:
     """The marker, or None when there is none (a first start, or after teardown)."""
-    exists = conn.execute("SELECT to_regclass('invalidator.outbox_marker')").fetchone()
+    exists = conn.execute(f"SELECT to_regclass('{SCHEMA}.outbox_marker')").fetchone()
     if exists is None or exists[0] is None:
         return None
-    row = conn.execute(
-        "SELECT outbox, tables, pending_gap FROM invalidator.outbox_marker"
-    ).fetchone()
+    row = conn.execute(f"SELECT outbox, tables, pending_gap FROM {SCHEMA}.outbox_marker").fetchone()
     if row is None:
         return None
     return OutboxMarker(int(row[0]), frozenset(row[1]), row[2])
@@ -87,11 +87,11 @@ def write_marker(
     conn.execute(MARKER_SQL)
     if gap is not None:
         conn.execute(
-            "UPDATE invalidator.outbox_marker SET pending_gap = %s, updated_at = now()", (gap,)
+            f"UPDATE {SCHEMA}.outbox_marker SET pending_gap = %s, updated_at = now()", (gap,)
         )
         return
     conn.execute(
-        "INSERT INTO invalidator.outbox_marker (outbox, tables) VALUES (%s, %s)"
+        f"INSERT INTO {SCHEMA}.outbox_marker (outbox, tables) VALUES (%s, %s)"
         " ON CONFLICT (id) DO UPDATE SET outbox = EXCLUDED.outbox, tables = EXCLUDED.tables,"
         " pending_gap = NULL, updated_at = now()",
         (outbox, sorted(tables)),

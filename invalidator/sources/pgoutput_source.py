@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from invalidator.config import SourceConfig
-from invalidator.core.changes import Begin, Change, Commit, int_to_lsn
+from invalidator.core.changes import int_to_lsn
 from invalidator.core.rules import RuleSet
 from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
@@ -122,13 +122,7 @@ class PgOutputSession(SlotSession):
             raise SourceError(
                 f"undecodable pgoutput message at {int_to_lsn(message.data_start)}: {exc}"
             ) from None
-        for event in events:
-            if isinstance(event, Change):
-                self.feed.on_change(event, unit)
-            elif isinstance(event, Begin):
-                hot.declined_begin()
-            elif isinstance(event, Commit):
-                hot.declined_commit()
-                self.tracker.commit(unit, self.decoder.commit_end, self.decoder.commit_time)
-                return
-        self.tracker.commit(unit, 0, None)
+        decoder = self.decoder
+        self._feed_declined(
+            hot, events, unit, lambda _commit: (decoder.commit_end, decoder.commit_time)
+        )
