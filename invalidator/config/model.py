@@ -234,7 +234,8 @@ class Config(StrictModel):
             problems.append(str(exc))
         if self.source.kind == "notify":
             problems += [
-                f"pools.{name}.replicas: needs a logical replication source (wal2json): "
+                f"pools.{name}.replicas: needs a logical replication source (wal2json or "
+                "pgoutput): "
                 "the notify source has no commit position to wait for"
                 for name, pool in self.pools.items()
                 if pool.replicas

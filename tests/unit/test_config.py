@@ -340,3 +340,40 @@ def test_http_listen_port_zero_means_any_free_port(tmp_path: Path) -> None:
     """`127.0.0.1:0` is a valid listen address (the kernel picks the port)."""
     path = write(tmp_path, VALID + "http: {listen: '127.0.0.1:0'}\n")
     assert load_config(path).http.listen == "127.0.0.1:0"
+
+
+def test_replicas_with_the_notify_source_are_a_config_error(tmp_path: Path) -> None:
+    """The notify source has no commit LSN for a replica's replay to be compared with."""
+    message = error_of(
+        write(
+            tmp_path,
+            """
+source: {kind: notify, dsn: "postgresql://u@db/app"}
+pools:
+  default:
+    servers: ["127.0.0.1:11211"]
+    replicas: ["postgresql://u:hunter2pw@replica/app"]
+rules: [{table: users, keys: ["user:{id}"]}]
+""",
+        )
+    )
+    assert "pools.default.replicas: needs a logical replication source" in message
+    assert "hunter2pw" not in message
+
+
+def test_replica_dsns_are_secrets_and_a_duplicate_is_an_error(tmp_path: Path) -> None:
+    message = error_of(
+        write(
+            tmp_path,
+            """
+source: {dsn: "postgresql://u@db/app"}
+pools:
+  default:
+    servers: ["127.0.0.1:11211"]
+    replicas: ["postgresql://u:hunter2pw@replica/app", "postgresql://u:hunter2pw@replica/app"]
+rules: [{table: users, keys: ["user:{id}"]}]
+""",
+        )
+    )
+    assert "a replica is listed twice" in message
+    assert "hunter2pw" not in message
