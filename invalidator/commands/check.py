@@ -28,6 +28,7 @@ from invalidator.sinks.memcached.tls import node_connectors
 from invalidator.sources.catalog import Admin, Catalogue, TableFacts, quoted_table
 from invalidator.sources.postgres import PLUGIN
 from invalidator.sources.publication import Publication, no_identity_error, wanted
+from invalidator.sources.replicas import replica_status
 
 MARKS = {"ok": "✓", "error": "✗", "warning": "⚠"}
 _RULE = re.compile(r"rules\[(\d+)\]")
@@ -554,6 +555,40 @@ def check_publication(ctx: CheckContext) -> list[Finding]:
     return findings
 
 
+def check_replicas(ctx: CheckContext) -> list[Finding]:
+    """Each pool's ``replicas`` answers and is a standby of the source's cluster (its
+    replay positions are compared with the stream's)."""
+    findings: list[Finding] = []
+    dsn = ctx.config.source.dsn
+    primary = dsn.get_secret_value() if dsn is not None else None
+    for name, pool in ctx.config.pools.items():
+        for replica in pool.replicas:
+            state = replica_status(replica.get_secret_value(), primary)
+            where = f"pools.{name}.replicas: {state['replica']}"
+            if "error" in state:
+                findings.append(Finding("error", where, str(state["error"])))
+            elif state.get("standby_of_primary") is False:
+                findings.append(
+                    Finding(
+                        "error",
+                        where,
+                        "not a standby of the source's cluster (another system identifier): "
+                        "its replay positions mean nothing to the stream",
+                    )
+                )
+            else:
+                behind = state.get("bytes_behind")
+                findings.append(
+                    Finding(
+                        "ok",
+                        where,
+                        f"answers, replayed {state['replayed_lsn']}"
+                        + (f" ({behind} bytes behind the primary)" if behind is not None else ""),
+                    )
+                )
+    return findings
+
+
 def check_nodes(ctx: CheckContext) -> list[Finding]:
     """Every static memcached node answers ``version``."""
     findings: list[Finding] = []
@@ -584,7 +619,7 @@ CATALOGUE_CHECKS: tuple[Check, ...] = (
     check_replica_identity,
     check_publication,
 )
-PROBE_CHECKS: tuple[Check, ...] = (check_plugin, check_nodes)
+PROBE_CHECKS: tuple[Check, ...] = (check_plugin, check_replicas, check_nodes)
 
 
 def run_checks(ctx: CheckContext, checks: Sequence[Check]) -> list[Finding]:

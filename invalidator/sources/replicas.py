@@ -140,24 +140,34 @@ class ReplicaPoller:
 
 
 def replica_status(dsn: str, primary_dsn: str | None) -> dict[str, object]:
-    """One replica as ``invalidator status`` shows it: replayed position, how far behind
-    the primary's WAL end (bytes) and its last replayed commit (seconds), or the error."""
+    """One replica as ``invalidator status`` and ``check`` show it: replayed position, how
+    far behind the primary's WAL end (bytes), its last replayed commit (seconds), whether it
+    is a standby of the primary's cluster (system identifier) — or the error."""
     record: dict[str, object] = {"replica": replica_label(dsn)}
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
             row = conn.execute(
-                _REPLAYED + ", extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+                _REPLAYED + ", extract(epoch FROM now() - pg_last_xact_replay_timestamp()),"
+                " (SELECT system_identifier::text FROM pg_control_system())"
             ).fetchone()
-        replayed, behind_s = (row[0], row[1]) if row is not None else (None, None)
+        replayed, age, system = row if row is not None else (None, None, None)
         record["replayed_lsn"] = replayed
-        record["last_replay_age_seconds"] = float(behind_s) if behind_s is not None else None
-        if primary_dsn is not None and replayed is not None:
-            with psycopg.connect(
-                primary_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-            ) as primary:
-                end = primary.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-            if end is not None:
-                record["bytes_behind"] = max(0, lsn_to_int(str(end[0])) - lsn_to_int(str(replayed)))
+        record["last_replay_age_seconds"] = float(age) if age is not None else None
+        if primary_dsn is not None:
+            try:
+                with psycopg.connect(
+                    primary_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                ) as primary:
+                    end, primary_system = primary.execute(
+                        "SELECT pg_current_wal_lsn()::text, system_identifier::text"
+                        " FROM pg_control_system()"
+                    ).fetchone() or (None, None)
+            except psycopg.Error as exc:
+                record["error"] = str(source_error("primary unreachable", exc, primary_dsn))
+                return record
+            record["standby_of_primary"] = system == primary_system
+            if end is not None and replayed is not None and system == primary_system:
+                record["bytes_behind"] = max(0, lsn_to_int(str(end)) - lsn_to_int(str(replayed)))
     except psycopg.Error as exc:
         record["error"] = str(source_error("replica unreachable", exc, dsn))
     return record

@@ -251,6 +251,13 @@ def test_a_late_delete_is_applied_again_once_the_replica_has_replayed(
             (shown,) = json.loads(proc.cli("status").stdout)["replicas"]["default"]
             assert shown["replica"] == f"127.0.0.1:{pg_standby.port}/{pg_db.name}"
             assert shown["replayed_lsn"] is not None and "error" not in shown
+            assert shown["standby_of_primary"] is True
+            checked = [line.strip() for line in proc.cli("check").stdout.splitlines()]
+            label = f"127.0.0.1:{pg_standby.port}/{pg_db.name}"
+            assert any(
+                line.startswith(f"✓ pools.default.replicas: {label}: answers, replayed")
+                for line in checked
+            ), checked
     finally:
         pg_standby.set_apply_delay(0)
 
@@ -278,3 +285,6 @@ def test_a_replica_of_another_cluster_is_refused_by_name_and_never_trusted(
             assert cache.get("user:1") == b"old"  # not released by the other cluster's LSN
             assert wait_until(lambda: cache.get("user:1") is None, timeout=10)
             assert wait_until(lambda: "is not a standby of the primary" in proc.log_text(), 10)
+            checked = proc.cli("check")
+            assert checked.returncode == 1
+            assert "not a standby of the source's cluster" in checked.stdout, checked.stdout
