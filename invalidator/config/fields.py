@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
@@ -51,3 +52,19 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
     )
+
+
+def read_dsn_file(path: str) -> str:
+    """The DSN in ``path`` (a mounted Secret), surrounding whitespace and newline removed.
+    Errors name the path and never quote the file's content."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"dsn_file: cannot read {path}: {exc.strerror}") from None
+    try:
+        dsn = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"dsn_file: {path} is not UTF-8 text") from None
+    if not dsn:
+        raise ValueError(f"dsn_file: {path} is empty")
+    return dsn

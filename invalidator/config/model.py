@@ -6,33 +6,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from invalidator.config.fields import Duration, KeyTemplate, StrictModel
+from invalidator.config.fields import Duration, KeyTemplate, StrictModel, read_dsn_file
 from invalidator.config.pools import PoolConfig, check_node_tls
 from invalidator.core.placement.servers import parse_server
 
 ChangeOp = Literal["insert", "update", "delete", "truncate"]
 Action = Literal["delete", "refresh", "bump"]
-
-
-def read_dsn_file(path: str) -> str:
-    """The DSN in ``path`` (a mounted Secret), surrounding whitespace and newline removed.
-    Errors name the path and never quote the file's content."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"dsn_file: cannot read {path}: {exc.strerror}") from None
-    try:
-        dsn = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"dsn_file: {path} is not UTF-8 text") from None
-    if not dsn:
-        raise ValueError(f"dsn_file: {path} is empty")
-    return dsn
 
 
 NO_DSN = "no database: set source.dsn or source.dsn_file (or INVALIDATOR_DSN, INVALIDATOR_DSN_FILE)"

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from invalidator.config.fields import Duration, StrictModel
+from invalidator.config.fields import Duration, StrictModel, read_dsn_file
 from invalidator.core.placement import CLIENTS, placement_for
 from invalidator.core.placement.servers import node_name, parse_server, split_weight
 
@@ -126,6 +126,21 @@ class PoolConfig(StrictModel):
     # it catches up).
     replicas: tuple[SecretStr, ...] = ()
     replica_wait_max: Duration = 30.0
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replica_files(cls, value: Any) -> Any:
+        """``{dsn_file: PATH}`` entries (a mounted Secret) are read at load time."""
+        if not isinstance(value, list | tuple):
+            return value
+        out = []
+        for entry in value:
+            if isinstance(entry, Mapping):
+                if set(entry) != {"dsn_file"} or not isinstance(entry["dsn_file"], str):
+                    raise ValueError("a replica is a DSN or {dsn_file: PATH}")
+                entry = read_dsn_file(entry["dsn_file"])
+            out.append(entry)
+        return out
 
     @field_validator("replicas")
     @classmethod

@@ -377,3 +377,42 @@ rules: [{table: users, keys: ["user:{id}"]}]
     )
     assert "a replica is listed twice" in message
     assert "hunter2pw" not in message
+
+
+def test_a_replica_dsn_can_come_from_a_mounted_secret_file(tmp_path: Path) -> None:
+    """``{dsn_file: PATH}``: the password stays out of the config file (a ConfigMap)."""
+    secret = tmp_path / "replica-dsn"
+    secret.write_text("postgresql://u:hunter2pw@replica-1/app\n")
+    config = load_config(
+        write(
+            tmp_path,
+            f"""
+source: {{dsn: "postgresql://u@db/app"}}
+pools:
+  default:
+    servers: ["127.0.0.1:11211"]
+    replicas: [{{dsn_file: "{secret}"}}]
+rules: [{{table: users, keys: ["user:{{id}}"]}}]
+""",
+        )
+    )
+    (replica,) = config.pools["default"].replicas
+    assert replica.get_secret_value() == "postgresql://u:hunter2pw@replica-1/app"
+    assert "hunter2pw" not in repr(config)
+
+
+def test_an_unreadable_replica_dsn_file_names_the_file_not_its_content(tmp_path: Path) -> None:
+    message = error_of(
+        write(
+            tmp_path,
+            """
+source: {dsn: "postgresql://u@db/app"}
+pools:
+  default:
+    servers: ["127.0.0.1:11211"]
+    replicas: [{dsn_file: /nonexistent/replica-dsn}]
+rules: [{table: users, keys: ["user:{id}"]}]
+""",
+        )
+    )
+    assert "pools.default.replicas" in message and "/nonexistent/replica-dsn" in message
