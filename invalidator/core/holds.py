@@ -94,6 +94,18 @@ class ReplicaHolds:
                 txn.outstanding += 1
             queue[-1].operations.append(op)
 
+    def drop_open(self) -> int:
+        """The session ended: holds of transactions whose commit it never read are
+        dropped (the server sends those transactions again to the next session, whose
+        holds then take their place; left here they would block every later hold of
+        their pool forever). Returns how many were dropped."""
+        dropped = 0
+        for pool, queue in self._held.items():
+            kept = deque(hold for hold in queue if hold.txn.txn_end_lsn)
+            dropped += len(queue) - len(kept)
+            self._held[pool] = kept
+        return dropped
+
     def release(self, replayed: Mapping[str, int | None], now: float) -> Released:
         """Everything that may go now, given each pool's replayed position (the lowest of
         its replicas'; None while one is unknown). Holds leave in commit order: a later

@@ -292,6 +292,14 @@ class Pipeline:
             return next_redelete
         return due
 
+    def session_ended(self) -> None:
+        """A source session ended: held work of transactions it never finished reading
+        goes (the next session reads them again)."""
+        if self.gate is not None:
+            dropped = self.gate.holds.drop_open()
+            if dropped:
+                self.log.info("held work of unfinished transactions dropped", holds=dropped)
+
     def _release(self, now: float) -> None:
         """Send what the replicas have replayed (or waited too long for)."""
         assert self.gate is not None

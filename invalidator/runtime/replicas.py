@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from invalidator.config.pools import PoolConfig
@@ -103,10 +103,10 @@ class ReplicaGate:
             (held if op.pool in pools and op.op != "flush" else now).append(op)
         return now, held
 
-    def hold(self, operations: Iterable[Operation], txn: Txn) -> None:
+    def hold(self, operations: Sequence[Operation], txn: Txn) -> None:
         self.holds.hold(operations, txn, self.clock())
-        for op in operations:
-            for poller in self._pool_pollers[op.pool]:
+        for pool in {op.pool for op in operations}:
+            for poller in self._pool_pollers[pool]:
                 if not poller.active:
                     poller.active = True
                     poller.wake()
@@ -165,7 +165,8 @@ class ReplicaGate:
         for poller in self.pollers:
             lag = 0.0
             if poller.error is not None:
-                lag = now - poller.last_ok if poller.last_ok else 0.0
+                # Never answered (unreachable, or another cluster's server): since start.
+                lag = now - (poller.last_ok or poller.started)
             for pool, pollers in self._pool_pollers.items():
                 if poller not in pollers:
                     continue

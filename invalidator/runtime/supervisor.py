@@ -184,6 +184,7 @@ class Supervisor:
             self.loop.stream(session)
         finally:
             session.close()
+            self.pipeline.session_ended()
             self.telemetry.publish(*session.progress(), self.nodes.pending_by_node())
             self.health.streaming = False
 

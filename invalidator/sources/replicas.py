@@ -63,6 +63,7 @@ class ReplicaPoller:
         self.replayed: int | None = None  # None until the first answer
         self.error: str | None = None
         self.last_ok = 0.0  # clock() of the last answer
+        self.started = 0.0  # clock() when polling began
         self.active = False  # someone waits: poll fast
         self.mismatched = False  # it is another cluster's server, not a standby of ours
         self._kick = threading.Event()
@@ -70,6 +71,7 @@ class ReplicaPoller:
         self._thread = threading.Thread(target=self._run, name=f"replica {self.label}", daemon=True)
 
     def start(self) -> None:
+        self.started = self._clock()
         self._thread.start()
 
     def wake(self) -> None:

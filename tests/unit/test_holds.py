@@ -102,3 +102,18 @@ def test_next_due_is_the_oldest_committed_holds_timeout() -> None:
     assert holds.next_due(0.0) is None
     holds.hold([delete("a")], committed(AckTracker(), 100), now=1.0)
     assert holds.next_due(1.0) == 6.0
+
+
+def test_a_session_that_ends_mid_transaction_leaves_no_hold_blocking_its_pool() -> None:
+    """The server sends that transaction again to the next session; its orphaned hold
+    (no commit ever read) must not hold every later transaction of the pool."""
+    tracker = AckTracker()
+    holds = ReplicaHolds({"replicated": 30.0})
+    done = committed(tracker, 100)
+    holds.hold([delete("a")], done, now=0.0)
+    holds.hold([delete("b")], tracker.begin(), now=0.0)  # its commit never came
+    assert holds.drop_open() == 1
+    later = committed(AckTracker(), 300)  # the next session's
+    holds.hold([delete("c")], later, now=1.0)
+    released = holds.release({"replicated": 300}, now=2.0)
+    assert [h.txn for h in released.on_time] == [done, later]
