@@ -29,6 +29,7 @@ import psycopg
 from _common import Bench, fmt_num, latency_stats, print_table, write_json
 from pymemcache.client.hash import HashClient
 
+from tests.cache_aside import ReplicaReaders
 from tests.services import PostgresStandby
 
 ROWS = 200
@@ -56,29 +57,7 @@ def run_mode(
     daemon = bench.daemon(name.replace(" ", "_"), [RULE], pool=pool)
     daemon.start()
     daemon.wait_ready()
-    stop = threading.Event()
-    misses = [0] * READERS
     errors: list[BaseException] = []
-
-    def reader(n: int) -> None:
-        rng = random.Random(n)
-        cache = client(servers)
-        try:
-            with psycopg.connect(replica_dsn, autocommit=True) as conn:
-                while not stop.is_set():
-                    user_id = rng.randrange(1, ROWS + 1)
-                    if cache.get(f"user:{user_id}") is not None:
-                        time.sleep(0.001)
-                        continue
-                    misses[n] += 1
-                    row = conn.execute("SELECT id, name FROM users WHERE id = %s", (user_id,))
-                    found = row.fetchone()
-                    if found is not None:
-                        cache.set(f"user:{user_id}", row_json(found), expire=300)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            cache.close()
 
     writes_stop = threading.Event()
     writes = [0]
@@ -100,12 +79,19 @@ def run_mode(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
-    threads.append(threading.Thread(target=writer))
+    readers = ReplicaReaders(
+        servers,
+        replica_dsn,
+        ids=range(1, ROWS + 1),
+        query="SELECT id, name FROM users WHERE id = %s",
+        encode=row_json,
+        count=READERS,
+    )
+    write = threading.Thread(target=writer)
     ops_before = daemon.metric("invalidator_operations_total", op="delete")
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
+    readers.start()
+    write.start()
     gone: list[float] = []
     replayed: list[float] = []
     cache = client(servers)
@@ -134,7 +120,7 @@ def run_mode(
                 replayed.append(t_replayed if t_replayed is not None else float("inf"))
                 time.sleep(0.05)
         writes_stop.set()
-        threads[-1].join(10)
+        write.join(10)
         seconds = time.perf_counter() - started
         end = bench.cluster.current_wal_lsn()
         standby.wait_for_replay(end)
@@ -150,9 +136,7 @@ def run_mode(
                 break
             time.sleep(0.02)
         time.sleep(0.3)
-        stop.set()
-        for thread in threads:
-            thread.join(10)
+        readers.stop()
         if errors:
             raise errors[0]
         stale = cached = 0
@@ -174,7 +158,7 @@ def run_mode(
         "replayed": latency_stats(
             [r for r in replayed if r != float("inf")], replayed.count(float("inf"))
         ),
-        "replica_reads_per_s": sum(misses) / seconds,
+        "replica_reads_per_s": sum(readers.misses) / seconds,
         "ops_per_commit": ops / max(1, writes[0] + args.probes),
         "stale": stale,
         "cached": cached,

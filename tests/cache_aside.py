@@ -280,3 +280,63 @@ def assert_churn_invalidated(
         timeout=20,
         settle=lambda: copies.barrier("user:{}", updated, rewrite_users(db)),
     )
+
+
+class ReplicaReaders:
+    """Seed-guide readers of a read replica, on threads of their own: each reads
+    ``user:{id}`` (random ``ids``) from memcached and, on a miss, the row from ``dsn`` with
+    ``query`` and stores ``encode(row)`` — the app that re-caches old rows from a lagging
+    replica. ``misses`` counts the replica reads; ``stop()`` joins and raises a reader's
+    error."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        dsn: str,
+        *,
+        ids: range,
+        query: str,
+        encode: Callable[[tuple[Any, ...]], str],
+        count: int = 4,
+    ):
+        self._servers = list(servers)
+        self._dsn = dsn
+        self._ids = ids
+        self._query = query
+        self._encode = encode
+        self._halt = threading.Event()
+        self._errors: list[BaseException] = []
+        self.misses = [0] * count
+        self._threads = [threading.Thread(target=self._read, args=(n,)) for n in range(count)]
+
+    def start(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._halt.set()
+        for thread in self._threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in self._threads), "a reader hangs"
+        if self._errors:
+            raise self._errors[0]
+
+    def _read(self, n: int) -> None:
+        rng = random.Random(n)
+        cache = app_client(self._servers)
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                while not self._halt.is_set():
+                    row_id = rng.choice(self._ids)
+                    if cache.get(f"user:{row_id}") is not None:
+                        time.sleep(0.001)
+                        continue
+                    self.misses[n] += 1
+                    row = conn.execute(self._query, (row_id,)).fetchone()
+                    if row is not None:
+                        cache.set(f"user:{row_id}", self._encode(row), expire=300)
+        except BaseException as exc:
+            self._errors.append(exc)
+        finally:
+            cache.close()

@@ -355,16 +355,7 @@ def test_a_slot_advanced_by_someone_else_flushes_the_pools(
 def notify_daemon(
     tmp_path: Path, users_db: PgDatabase, memcached: MemcachedPool, name: str, **source: object
 ) -> DaemonProcess:
-    return DaemonProcess.create(
-        tmp_path,
-        name=name,
-        dsn=users_db.dsn,
-        slot="outboxed",
-        servers=memcached.servers,
-        rules=RULES,
-        kind="notify",
-        **source,
-    )
+    return make_daemon(tmp_path, users_db, memcached, name, kind="notify", **source)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 
-from tests.cache_aside import app_client, wait_until
+from tests.cache_aside import ReplicaReaders, app_client, wait_until
 from tests.conftest import running_postgres
 from tests.daemon_process import DaemonProcess
 from tests.integration.test_race import audit_stale, caught_up
@@ -58,29 +58,9 @@ def run_readers_and_writer(
     for WRITE_SECONDS; then, once the standby replayed every write and the daemon
     confirmed it, the readers go on a little and stop. Returns (stale, cached) keys and
     what ``audited`` (an audit of the same keys) found stale."""
-    stop_writer, stop_readers = threading.Event(), threading.Event()
+    stop_writer = threading.Event()
     errors: list[BaseException] = []
     replica_dsn = standby.dsn(db.name)
-
-    def reader(n: int) -> None:
-        rng = random.Random(n)
-        cache = app_client(servers)
-        try:
-            with psycopg.connect(replica_dsn, autocommit=True) as conn:
-                while not stop_readers.is_set():
-                    user_id = rng.randrange(1, ROWS + 1)
-                    if cache.get(f"user:{user_id}") is not None:
-                        time.sleep(0.001)
-                        continue
-                    row = conn.execute(
-                        "SELECT id, email, name FROM users WHERE id = %s", (user_id,)
-                    ).fetchone()
-                    if row is not None:
-                        cache.set(f"user:{user_id}", row_json(row), expire=300)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            cache.close()
 
     def writer() -> None:
         rng = random.Random(99)
@@ -97,20 +77,24 @@ def run_readers_and_writer(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
-    threads.append(threading.Thread(target=writer))
-    for thread in threads:
-        thread.start()
+    readers = ReplicaReaders(
+        servers,
+        replica_dsn,
+        ids=range(1, ROWS + 1),
+        query="SELECT id, email, name FROM users WHERE id = %s",
+        encode=row_json,
+        count=READERS,
+    ).start()
+    write = threading.Thread(target=writer)
+    write.start()
     time.sleep(WRITE_SECONDS)
     stop_writer.set()
-    threads[-1].join(10)
+    write.join(10)
     end = db.execute("SELECT pg_current_wal_lsn()::text")[0][0]
     standby.wait_for_replay(end)
     assert wait_until(lambda: caught_up(db, slot, end), timeout=60), f"{slot}: not caught up"
     time.sleep(0.3)  # readers keep reading: what they cache now comes from a caught-up standby
-    stop_readers.set()
-    for thread in threads:
-        thread.join(10)
+    readers.stop()
     assert errors == []
     cache = app_client(servers)
     try:
