@@ -653,6 +653,29 @@ static int place_keys(Decoder *self, const Key *keys, int nkeys) {
     return 0;
 }
 
+/* One row change of either plugin, its rows chosen: render its keys and queue them on
+   their nodes. 0 = consumed, 1 = declined (a key C cannot build: Python plans the
+   record), -1 = error (exception set). */
+static int emit_row(Decoder *self, Table *table, const Row *rows[2], int nrows, int kind,
+                    unsigned long long end) {
+    Key keys[MAX_KEYS];
+    int nkeys = 0;
+    int ok = render_keys(self, table, rows, nrows, keys, &nkeys);
+    if (ok < 0)
+        return -1;
+    if (ok == 0)
+        return 1;
+    if (place_keys(self, keys, nkeys) < 0)
+        return -1;
+    table->counts[kind == KIND_INSERT ? 0 : kind == KIND_UPDATE ? 1 : 2]++;
+    if (nkeys)
+        self->open_work = 1;
+    if (end > self->wal_end)
+        self->wal_end = end;
+    return 0;
+}
+
+
 /* ---------------------------------------------------------------------------------- */
 /* Commit timestamps: "2026-11-24 05:05:01.307451+00" (the session runs in UTC).       */
 
@@ -1081,21 +1104,7 @@ static int feed_pgoutput(Decoder *self, const unsigned char *p, const unsigned c
         rows[nrows++] = old_row;
     if (kind != 'D')
         rows[nrows++] = new_row;
-    Key keys[MAX_KEYS];
-    int nkeys = 0;
-    int ok = render_keys(self, table, rows, nrows, keys, &nkeys);
-    if (ok < 0)
-        return -1;
-    if (ok == 0)
-        return 1;
-    if (place_keys(self, keys, nkeys) < 0)
-        return -1;
-    table->counts[k == KIND_INSERT ? 0 : k == KIND_UPDATE ? 1 : 2]++;
-    if (nkeys)
-        self->open_work = 1;
-    if (end > self->wal_end)
-        self->wal_end = end;
-    return 0;
+    return emit_row(self, table, rows, nrows, k, end);
 }
 
 /* 0 = consumed, 1 = declined, -1 = error (exception set). */
@@ -1247,21 +1256,7 @@ static int feed_message(Decoder *self, const unsigned char *msg, Py_ssize_t n) {
         rows[1] = new_row;
         nrows = 2;
     }
-    Key keys[MAX_KEYS];
-    int nkeys = 0;
-    int ok = render_keys(self, table, rows, nrows, keys, &nkeys);
-    if (ok < 0)
-        return -1;
-    if (ok == 0)
-        return 1;
-    if (place_keys(self, keys, nkeys) < 0)
-        return -1;
-    ((Table *)table)->counts[kind == KIND_INSERT ? 0 : kind == KIND_UPDATE ? 1 : 2]++;
-    if (nkeys)
-        self->open_work = 1;
-    if (end > self->wal_end)
-        self->wal_end = end;
-    return 0;
+    return emit_row(self, (Table *)table, rows, nrows, kind, end);
 }
 
 static int check_ready(Decoder *self) {
