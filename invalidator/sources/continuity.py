@@ -45,6 +45,9 @@ SLOT_LOST = "slot_lost"  # PostgreSQL invalidated the slot (max_slot_wal_keep_si
 OTHER_CLUSTER = "other_cluster"  # the DSN now reaches another cluster (system identifier)
 NEW_TIMELINE = "new_timeline"  # a promoted standby: the slot did not come along
 SLOT_ADVANCED = "slot_advanced"  # the slot was confirmed past anything the daemon confirmed
+# pgoutput: the slot's changes so far were decoded without a table, columns or operations
+# the rules now need (added to the publication later: they do not come back)
+PUBLICATION_EXTENDED = "publication_extended"
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +224,7 @@ class Continuity:
         self.store = MarkerStore(admin, slot)
         self.server: Server | None = None
         self.tracked = False
+        self._declared: str | None = None  # a gap the source found itself (``declare``)
         self._saved_at = 0.0
         self._saved_position = -1  # the marker's horizon, once written this session
         self._work_position = 0
@@ -237,7 +241,7 @@ class Continuity:
             log.error("continuity is not tracked", reason=self.store.unavailable)
         marker = self.store.read() if self.tracked else None
         slot = self.admin.slot_status(self.slot)
-        gap = detect_gap(marker, slot, server)
+        gap = detect_gap(marker, slot, server) or self._declared
         if gap is None:
             return None
         if marker is None or marker.pending_gap != gap:
@@ -254,8 +258,18 @@ class Continuity:
             log.warning("invalidated slot dropped, to be created again", slot=self.slot)
         return gap
 
+    def declare(self, reason: str, detail: str, on_gap: Any) -> None:
+        """A gap the source found itself, before ``check``: reported now (``on_gap``) and
+        kept pending in the marker, so ``check`` answers it as any other gap — again after
+        a crash, until its cache work is acknowledged."""
+        on_gap(reason, detail)
+        self._declared = reason
+        if self.store.ensure():
+            self.store.record_gap(self.server or self.admin.identify(), reason)
+
     def resolved(self, position: int) -> None:
         """The gap's cache work is acknowledged, or there was none."""
+        self._declared = None
         if self.tracked and self.server is not None:
             self.store.resolved(self.server, position)
             self._saved_position = position

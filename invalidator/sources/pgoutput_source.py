@@ -20,6 +20,7 @@ from invalidator.core.rules import RuleSet
 from invalidator.errors import DecodeError, SourceError
 from invalidator.hotpath import HotPath
 from invalidator.sources.base import Feed, Session
+from invalidator.sources.continuity import PUBLICATION_EXTENDED
 from invalidator.sources.logical import LogicalSource, SlotSession
 from invalidator.sources.pgoutput import PgOutputDecoder
 from invalidator.sources.publication import Publication, qualified
@@ -74,6 +75,16 @@ class PgOutputSource(LogicalSource):
         return record, usable and published.exists
 
     def open(self, feed: Feed) -> Session:
+        # What the publication lacks now was never decoded for the slot's changes so far:
+        # adding it does not bring them back, so with a slot already there it is a gap.
+        lacking = self.publication.lacking(feed.rules)
+        if lacking and self.admin.slot_status(self.slot).exists:
+            self.continuity.declare(
+                PUBLICATION_EXTENDED,
+                f"publication {self.publication.name} lacked {'; '.join(lacking)}: changes "
+                "the slot holds were decoded without them",
+                feed.gap,
+            )
         try:
             done = self.publication.sync(feed.rules)
         except SourceError as exc:

@@ -74,6 +74,30 @@ def wanted(rules: RuleSet, facts: Mapping[TableName, TableFacts]) -> Tables:
     return tables
 
 
+def lacking(current: Published, target: Tables, partitioned: bool) -> list[str]:
+    """What ``target`` needs that ``current`` does not publish (the publication, operations,
+    a table, columns), one phrase each; ``partitioned``: a rule's table is partitioned, so
+    its changes must be published under the root's name. Changes already decoded under
+    ``current`` carry none of it: adding it later does not bring them back."""
+    if not current.exists:
+        return ["the publication itself"]
+    missing: list[str] = []
+    if not current.publishes_all:
+        missing.append("some of insert, update, delete and truncate")
+    if partitioned and not current.via_root:
+        missing.append("partitions' changes under their root's name")
+    for name, columns in sorted(target.items()):
+        if name not in current.tables:
+            missing.append(f"table {qualified(name)}")
+            continue
+        published = current.tables[name]
+        if published is not None:
+            extra = sorted(set(columns or ("every column",)) - set(published))
+            if extra:
+                missing.append(f"{', '.join(extra)} of {qualified(name)}")
+    return missing
+
+
 def _table_list(tables: Tables) -> sql.Composable:
     entries: list[sql.Composable] = []
     for name, columns in sorted(tables.items()):
@@ -117,6 +141,12 @@ class Publication:
 
     def facts(self, rules: RuleSet) -> dict[TableName, TableFacts]:
         return {name: self.admin.table_facts(*name) for name in rules.by_table}
+
+    def lacking(self, rules: RuleSet) -> list[str]:
+        """What ``rules`` need that the publication does not publish now (``lacking``)."""
+        facts = self.facts(rules)
+        partitioned = any(f.partitioned for f in facts.values())
+        return lacking(self.read(), wanted(rules, facts), partitioned)
 
     def sync(self, rules: RuleSet) -> str:
         """Create the publication, or bring it in step with ``rules``; says what it did."""
@@ -167,20 +197,7 @@ class Publication:
         """The publication exists and publishes every operation of every table and column
         the rules need, perhaps more: streaming from it misses nothing, even where ``sync``
         may not alter it to exactly that (only a table's owner may add it)."""
-        facts = self.facts(rules)
-        target = wanted(rules, facts)
-        current = self.read()
-        if not current.exists or not current.publishes_all:
-            return False
-        if not current.via_root and any(f.partitioned for f in facts.values()):
-            return False
-        for table, columns in target.items():
-            if table not in current.tables:
-                return False
-            have = current.tables[table]
-            if have is not None and (columns is None or not set(columns) <= set(have)):
-                return False
-        return True
+        return not self.lacking(rules)
 
     def drop(self) -> bool:
         if not self.read().exists:

@@ -22,6 +22,7 @@ from invalidator.sources.outbox_continuity import (
     OutboxMarker,
     detect_outbox_gap,
 )
+from invalidator.sources.publication import Published, lacking
 
 SERVER = Server("7412345678901234567", 1)
 MARKER = Marker("7412345678901234567", 1, 0x1000)
@@ -216,3 +217,38 @@ def test_an_unanswered_outbox_gap_stays_the_gap() -> None:
     pending = OutboxMarker(16400, OUTBOX.tables, TRIGGER_MISSING)
     found = detect_outbox_gap(pending, 16400, OUTBOX.tables)
     assert found is not None and found[0] == TRIGGER_MISSING
+
+
+# -- pgoutput: what a publication lacks ----------------------------------------------------
+
+
+def test_a_publication_in_step_lacks_nothing() -> None:
+    current = Published(True, {("public", "users"): ("email", "id")}, True, True)
+    assert lacking(current, {("public", "users"): ("email", "id")}, partitioned=False) == []
+
+
+def test_a_publication_lacks_new_tables_and_columns_by_name() -> None:
+    current = Published(True, {("public", "users"): ("id",)}, True, True)
+    target = {("public", "users"): ("email", "id"), ("public", "audit"): None}
+    assert lacking(current, target, partitioned=False) == [
+        "table public.audit",
+        "email of public.users",
+    ]
+
+
+def test_a_publication_publishing_more_than_the_rules_read_lacks_nothing() -> None:
+    current = Published(True, {("public", "users"): None, ("public", "x"): None}, True, True)
+    assert lacking(current, {("public", "users"): ("id",)}, partitioned=False) == []
+
+
+def test_missing_operations_partition_roots_or_the_publication_itself_are_lacking() -> None:
+    assert lacking(Published(False, {}), {}, partitioned=False) == ["the publication itself"]
+    some_ops = Published(True, {("public", "t"): None}, True, False)
+    assert lacking(some_ops, {("public", "t"): None}, partitioned=False) == [
+        "some of insert, update, delete and truncate"
+    ]
+    leaves = Published(True, {("public", "t"): None}, False, True)
+    assert lacking(leaves, {("public", "t"): None}, partitioned=False) == []
+    assert lacking(leaves, {("public", "t"): None}, partitioned=True) == [
+        "partitions' changes under their root's name"
+    ]
