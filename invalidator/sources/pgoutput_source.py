@@ -75,6 +75,21 @@ class PgOutputSource(LogicalSource):
         return record, usable and published.exists
 
     def open(self, feed: Feed) -> Session:
+        # Partitions are published through their root: a rule on a partition whose root
+        # also has rules would never see a change (they arrive under the root's name).
+        watched = set(feed.rules.tables)
+        shadowed = sorted(
+            (part, root) for part, root in self.admin.partitions(watched).items() if part in watched
+        )
+        if shadowed:
+            raise SourceError(
+                "; ".join(
+                    f"rules on partition {qualified(part)} never match with pgoutput: its "
+                    f"changes arrive as {qualified(root)}'s (publish_via_partition_root); "
+                    f"write them on {qualified(root)}"
+                    for part, root in shadowed
+                )
+            )
         # What the publication lacks now was never decoded for the slot's changes so far:
         # adding it does not bring them back, so with a slot already there it is a gap.
         lacking = self.publication.lacking(feed.rules)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pymemcache.client.hash import HashClient
 
-from tests.cache_aside import wait_gone
+from tests.cache_aside import wait_gone, wait_until
 from tests.daemon_process import DaemonProcess
 from tests.services import MemcachedPool, PgDatabase
 
@@ -227,3 +227,27 @@ def test_a_table_added_to_the_publication_after_changes_the_slot_holds_is_a_gap(
     with proc.start():
         assert proc.metric("invalidator_gaps_total") == 0
         assert app.get("user:9") == b"cached"
+
+
+def test_a_rule_on_a_partition_whose_root_has_rules_is_refused_by_name(
+    tmp_path: Path, pg_db: PgDatabase, memcached: MemcachedPool
+) -> None:
+    """Its changes arrive under the root's name (publish_via_partition_root): the rule
+    would never match, silently. The daemon stays unready and says why."""
+    pg_db.execute("CREATE TABLE events (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
+    pg_db.execute("CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (1000)")
+    proc = make(
+        tmp_path,
+        pg_db,
+        memcached,
+        rules=[
+            {"table": "events", "keys": ["event:{id}"]},
+            {"table": "events_1", "keys": ["early_event:{id}"]},
+        ],
+    )
+    with proc.start(wait=False):
+        assert wait_until(
+            lambda: "rules on partition public.events_1 never match" in proc.log_text(), 20
+        ), proc.log_tail()
+        status, _body = proc.get("/readyz")
+        assert status != 200
